@@ -1,0 +1,352 @@
+"""The piece store: one directory per task, shared by every process of a host.
+
+Theory of operation. ``<root>/tasks/<task id>/`` holds three files:
+
+- ``data``: the file's bytes, preallocated to the full length before the
+  first piece arrives, and mmapped MAP_SHARED by every process that touches
+  the task. Pieces land at their own offsets in any order.
+- ``bitmap``: which pieces are verified (see engine.bitmap).
+- ``meta``: length, piece size, digests, origin validators, state (see
+  engine.meta); rewritten atomically.
+
+A task is *partial* until every bit is set and the whole-file sha256 is
+known; ``TaskFile.finish`` then syncs the data and flips the meta to
+*complete*. Writeback is started lazily per piece (sync_file_range, never
+waited on); the only wait for the disk is that one fdatasync at the end.
+
+Reopening after a restart (``PieceStore.scan``): a complete task whose meta,
+bitmap and data size agree is served again. A partial task is kept only if
+each piece its bitmap claims still matches its digest (a crash can lose page
+cache that the bitmap had already published); anything torn or inconsistent
+is removed, never served. Paths come only from task ids, never from requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import shutil
+
+import native
+from engine.bitmap import PieceBitmap
+from engine.diskspace import DiskBudget, Reservation
+from engine.errors import BadInput, IntegrityError, StoreError, TaskNotFound, from_oserror
+from engine.meta import TaskMeta, write_atomically
+from engine.types import TaskId
+
+log = logging.getLogger(__name__)
+
+
+class TaskFile:
+    """One task's data, bitmap and meta, open in this process."""
+
+    def __init__(self, path: str, meta: TaskMeta, fd: int, bitmap: PieceBitmap) -> None:
+        self.path, self.meta, self.fd, self.bitmap = path, meta, fd, bitmap
+        self.layout = meta.layout
+        self._mm = (mmap.mmap(fd, meta.length, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE) if meta.length else None)
+        self.reservation: Reservation | None = None
+
+    @property
+    def task_id(self) -> TaskId:
+        return self.meta.task_id
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.state == "complete"
+
+    def view(self, index: int) -> memoryview:
+        """A writable view of piece ``index`` inside the mmapped data file."""
+        r = self.layout.range(index)
+        return memoryview(self._mm)[r.start:r.end]
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self.layout.count and self.bitmap.has(index)
+
+    def write_piece(self, index: int, data: bytes | memoryview) -> None:
+        """Copy ``data`` into piece ``index`` (the CDN path; peers receive in place)."""
+        r = self.layout.range(index)
+        if len(data) != r.length:
+            raise BadInput(f"piece {index} is {r.length} bytes, got {len(data)}")
+        with self.view(index) as target:
+            target[:] = data
+
+    def commit_piece(self, index: int, sha256: str) -> bool:
+        """Verify piece ``index`` against ``sha256`` and publish it.
+
+        Returns True if this call published it. Raises IntegrityError (and
+        publishes nothing) when the bytes do not match.
+        """
+        with self.view(index) as piece:
+            actual = hashlib.sha256(piece).hexdigest()
+        if actual != sha256:
+            raise IntegrityError(f"piece {index} of {self.task_id} does not match its sha256")
+        r = self.layout.range(index)
+        native.sync_file_range(self.fd, r.start, r.length)
+        if self.meta.piece_digests[index] != sha256:
+            self.meta = self.meta.with_digest(index, sha256)
+        return self.bitmap.set(index)
+
+    def save_meta(self) -> None:
+        write_atomically(os.path.join(self.path, "meta"), self.meta.to_bytes())
+
+    def finish(self, sha256: str | None = None, digests: list[str] | None = None,
+               rehash: bool = True) -> None:
+        """Mark the task complete once every piece is in.
+
+        ``digests`` fills in piece digests this process did not verify itself
+        (pieces another worker wrote). ``sha256`` is the expected whole-file
+        digest. With ``rehash`` the file is read once more and checked against
+        it; without, every piece having matched its digest stands for the
+        file, and ``sha256`` (which must then be given) is trusted as the
+        digest the CDN computed over the same bytes.
+        """
+        if not self.bitmap.complete():
+            raise StoreError(f"task {self.task_id} is missing pieces")
+        for i, d in enumerate(digests or ()):
+            if self.meta.piece_digests[i] is None:
+                self.meta = self.meta.with_digest(i, d)
+        if rehash:
+            actual = file_sha256(self.fd, self.meta.length)
+            if sha256 is not None and actual != sha256:
+                raise IntegrityError(f"task {self.task_id} sha256 mismatch")
+        elif sha256 is None:
+            raise BadInput("finish without rehash needs the file sha256")
+        else:
+            actual = sha256
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise from_oserror(exc, "syncing task data") from exc
+        self.meta = self.meta.completed(actual)
+        self.save_meta()
+
+    def export(self, output: str, link: bool = False) -> None:
+        """Produce the finished file at ``output`` atomically.
+
+        In-kernel copy (reflink when the filesystem can, else copy_file_range)
+        by default; a hard link when ``link`` (the output then shares blocks
+        with the cache and must not be modified in place). The bytes appear
+        under a temporary name in the same directory and are renamed into
+        place, so a reader never sees a partial file at ``output``.
+        """
+        if not self.complete:
+            raise StoreError(f"task {self.task_id} is not complete")
+        output = os.path.abspath(output)
+        tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.dfpart")
+        try:
+            if os.path.isdir(output):
+                raise BadInput(f"output {output} is a directory")
+            _remove_quietly(tmp)
+            if link:
+                os.link(os.path.join(self.path, "data"), tmp)
+            else:
+                _copy_file(self.fd, tmp, self.meta.length)
+            os.replace(tmp, output)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            raise from_oserror(exc, f"writing {output}") from exc
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            if self._mm is not None:
+                self._mm.close()
+            self.bitmap.close()
+            os.close(self.fd)
+            self.fd = -1
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
+
+
+class PieceStore:
+    """The tasks under ``root``; one instance per process.
+
+    Creating tasks is the job of one owner per host (the coordinator, or the
+    supernode process), which also owns the DiskBudget; any process may open
+    existing tasks and read or fill them.
+    """
+
+    def __init__(self, root: str, budget: DiskBudget | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.tasks_dir = os.path.join(self.root, "tasks")
+        os.makedirs(self.tasks_dir, exist_ok=True)
+        self.budget = budget or DiskBudget()
+
+    def task_path(self, task_id: TaskId) -> str:
+        return os.path.join(self.tasks_dir, task_id.hex)
+
+    def create(self, meta: TaskMeta, output_copy: bool = True) -> TaskFile:
+        """Precheck space, preallocate and open a new partial task."""
+        path = self.task_path(meta.task_id)
+        if os.path.exists(path):
+            raise StoreError(f"task {meta.task_id} already exists")
+        reservation = self.budget.reserve(self.root, meta.task_id.hex, now=meta.length,
+                                          later=meta.length if output_copy else 0)
+        tmp = f"{path}.creating.{os.getpid()}"
+        try:
+            os.makedirs(tmp)
+            fd = os.open(os.path.join(tmp, "data"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if meta.length:
+                    native.fallocate(fd, 0, meta.length)
+                    native.fadvise(fd, 0, meta.length, native.Advice.SEQUENTIAL)
+                PieceBitmap.create(os.path.join(tmp, "bitmap"), meta.layout.count).close()
+                write_atomically(os.path.join(tmp, "meta"), meta.to_bytes())
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except BaseException as exc:
+            reservation.release()
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise from_oserror(exc, f"creating task {meta.task_id}") from exc
+            raise
+        task = self.open(meta.task_id)
+        task.reservation = reservation
+        return task
+
+    def open(self, task_id: TaskId) -> TaskFile:
+        """Open an existing task, checking that its files agree."""
+        path = self.task_path(task_id)
+        try:
+            with open(os.path.join(path, "meta"), "rb") as f:
+                meta = TaskMeta.from_bytes(f.read())
+        except FileNotFoundError as exc:
+            raise TaskNotFound(f"task {task_id} is not in the store") from exc
+        except OSError as exc:
+            raise from_oserror(exc, f"reading meta of {task_id}") from exc
+        if meta.task_id != task_id:
+            raise StoreError(f"meta in {path} belongs to another task")
+        try:
+            fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(f"task {task_id} has no readable data file") from exc
+        try:
+            if os.fstat(fd).st_size != meta.length:
+                raise StoreError(f"task {task_id} data size disagrees with its meta")
+            bitmap = PieceBitmap.open(os.path.join(path, "bitmap"), meta.layout.count)
+        except BaseException:
+            os.close(fd)
+            raise
+        task = TaskFile(path, meta, fd, bitmap)
+        if task.complete and not bitmap.complete():
+            task.close()
+            raise StoreError(f"task {task_id} is marked complete but misses pieces")
+        return task
+
+    def remove(self, task_id: TaskId) -> None:
+        path = self.task_path(task_id)
+        doomed = f"{path}.removing.{os.getpid()}"
+        try:
+            os.rename(path, doomed)  # atomic: nobody opens a half-deleted task
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def scan(self) -> list[TaskMeta]:
+        """Check every task after a restart; drop the torn ones. Returns the kept."""
+        kept = []
+        for name in sorted(os.listdir(self.tasks_dir)):
+            full = os.path.join(self.tasks_dir, name)
+            try:
+                task_id = TaskId(name)
+            except BadInput:
+                log.warning("removing leftover %s from the store", name)
+                shutil.rmtree(full, ignore_errors=True)
+                continue
+            try:
+                task = self.open(task_id)
+                try:
+                    if not task.complete:
+                        _check_partial(task)
+                    kept.append(task.meta)
+                finally:
+                    task.close()
+            except (StoreError, IntegrityError) as exc:
+                log.warning("discarding task %s: %s", name, exc)
+                self.remove(task_id)
+        return kept
+
+
+def _check_partial(task: TaskFile) -> None:
+    for index in task.bitmap.indices():
+        digest = task.meta.piece_digests[index]
+        with task.view(index) as piece:
+            if digest is None or hashlib.sha256(piece).hexdigest() != digest:
+                raise StoreError(f"piece {index} lost or unverifiable after restart")
+
+
+def file_sha256(fd: int, length: int, chunk: int = 4 << 20) -> str:
+    """sha256 of the first ``length`` bytes of ``fd``, read with pread.
+
+    pread into one reused buffer instead of hashing the mmap: hashing the
+    mapping would fault every page of the file into this process's RSS.
+    """
+    h = hashlib.sha256()
+    buf = bytearray(min(chunk, max(length, 1)))
+    view = memoryview(buf)
+    offset = 0
+    try:
+        while offset < length:
+            n = os.preadv(fd, [view[:min(chunk, length - offset)]], offset)
+            if n == 0:
+                raise StoreError("task data ended early while hashing")
+            h.update(view[:n])
+            offset += n
+    except OSError as exc:
+        raise from_oserror(exc, "reading task data") from exc
+    finally:
+        view.release()
+    return h.hexdigest()
+
+
+_FICLONE = 0x40049409
+_NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _copy_file(src_fd: int, dst: str, length: int) -> None:
+    """Copy in the kernel: reflink if the filesystem shares blocks, else
+    copy_file_range, else sendfile (across filesystems on older kernels)."""
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.ioctl(out, _FICLONE, src_fd)
+            return
+        except OSError:
+            pass
+        offset = 0
+        copy = os.copy_file_range
+        while offset < length:
+            try:
+                n = copy(src_fd, out, length - offset, offset, offset)
+            except OSError as exc:
+                if copy is _sendfile_to or exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                copy = _sendfile_to
+                continue
+            if n == 0:
+                raise StoreError("task data ended early while copying")
+            offset += n
+        os.fsync(out)
+    finally:
+        os.close(out)
+
+
+def _sendfile_to(src_fd: int, out_fd: int, count: int, offset: int, _out_offset: int) -> int:
+    # os.sendfile writes at the output's file position, which advances in step.
+    return os.sendfile(out_fd, src_fd, offset, count)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

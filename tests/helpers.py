@@ -1,0 +1,32 @@
+"""Test harness shared by every layer: a strict event-loop runner.
+
+``run(coro)`` runs a coroutine on a fresh uvloop loop and fails the test when
+anything escaped: an exception the loop had to log (a callback that raised,
+a task whose error nobody read) or a task still pending at the end (a leak).
+Tests are plain functions calling ``run``; no asyncio plugin is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvloop
+
+
+def run(coro, timeout: float = 120.0):
+    loop = uvloop.new_event_loop()
+    escaped: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+    try:
+        result = loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        leaked = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in leaked:
+            task.cancel()
+        if leaked:
+            loop.run_until_complete(asyncio.gather(*leaked, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+    assert not leaked, f"tasks leaked past the test: {leaked}"
+    assert not escaped, f"the loop logged errors: {escaped}"
+    return result

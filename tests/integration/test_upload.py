@@ -1,0 +1,123 @@
+"""The upload server on loopback: exact pieces, ranges, 404/503, bad requests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+from engine.meta import TaskMeta
+from engine.pieces import PieceLayout
+from engine.store import PieceStore
+from engine.upload import UploadServer
+from engine.types import TaskId
+from tests.helpers import run
+
+PIECE = 1 << 20
+
+
+async def _get(port: int, raw: bytes) -> tuple[int, dict, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        status_line = await reader.readline()
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", 0)))
+        return int(status_line.split()[1]), headers, body
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    data = os.urandom(2 * PIECE + 100)
+    store = PieceStore(str(tmp_path))
+    task = store.create(TaskMeta.new(TaskId.of("u"), "http://o/u", PieceLayout(len(data), PIECE)))
+    for i in (0, 2):  # piece 1 is missing on purpose
+        r = task.layout.range(i)
+        task.write_piece(i, data[r.start:r.end])
+        task.commit_piece(i, hashlib.sha256(data[r.start:r.end]).hexdigest())
+    yield store, task, data
+    task.close()
+
+
+def test_serves_exact_pieces_and_ranges(seeded):
+    store, task, data = seeded
+    tid = task.task_id.hex
+
+    async def main():
+        async with UploadServer(store) as server:
+            status, _, body = await _get(server.port, f"GET /pieces/{tid}/0 HTTP/1.1\r\n\r\n".encode())
+            assert status == 200 and body == data[:PIECE]
+            status, _, body = await _get(server.port, f"GET /pieces/{tid}/2 HTTP/1.1\r\n\r\n".encode())
+            assert status == 200 and body == data[2 * PIECE:]
+            status, h, body = await _get(
+                server.port, f"GET /pieces/{tid}/0 HTTP/1.1\r\nRange: bytes=10-19\r\n\r\n".encode())
+            assert (status, body, h["content-range"]) == (206, data[10:20], f"bytes 10-19/{PIECE}")
+            status, _, _ = await _get(server.port, f"GET /pieces/{tid}/1 HTTP/1.1\r\n\r\n".encode())
+            assert status == 404
+            return server.stats
+
+    stats = run(main())
+    assert stats["pieces"] == 3 and stats["not_found"] == 1
+
+
+@pytest.mark.parametrize("target,status", [
+    ("/pieces/../../etc/passwd/0", 404), ("/pieces/" + "A" * 64 + "/0", 404),
+    ("/pieces/" + "a" * 64 + "/0", 404), ("/pieces/x/-1", 404), ("/etc/passwd", 404),
+])
+def test_bad_targets_never_touch_the_filesystem(seeded, target, status):
+    store, _, _ = seeded
+
+    async def main():
+        async with UploadServer(store) as server:
+            return (await _get(server.port, f"GET {target} HTTP/1.1\r\n\r\n".encode()))[0]
+
+    assert run(main()) == status
+
+
+def test_garbage_gets_400_and_the_server_keeps_serving(seeded):
+    store, task, data = seeded
+
+    async def main():
+        async with UploadServer(store) as server:
+            bad = await _get(server.port, b"\x16\x03\x01 garbage\r\n\r\n")
+            good = await _get(server.port, f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode())
+            return bad[0], good
+
+    bad, (status, _, body) = run(main())
+    assert bad == 400 and status == 200 and body == data[:PIECE]
+
+
+def test_full_upload_slots_answer_503(seeded):
+    store, task, _ = seeded
+
+    async def main():
+        async with UploadServer(store, slots=0) as server:
+            return await _get(server.port, f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode())
+
+    status, headers, _ = run(main())
+    assert status == 503 and headers["retry-after"] == "1"
+
+
+def test_pacer_holds_every_chunk(seeded):
+    store, task, data = seeded
+    asked = []
+
+    class Pacer:
+        async def acquire(self, nbytes):
+            asked.append(nbytes)
+
+    async def main():
+        async with UploadServer(store, pacer=Pacer()) as server:
+            return await _get(server.port, f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode())
+
+    status, _, body = run(main())
+    assert status == 200 and body == data[:PIECE] and sum(asked) == PIECE

@@ -1,0 +1,202 @@
+"""Piece store: preallocation, shared bitmap, finalising, restart, disk prechecks."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import subprocess
+
+import pytest
+
+from engine.diskspace import DiskBudget
+from engine.errors import (BadInput, IntegrityError, NotEnoughSpace, StoreError,
+                           TaskNotFound)
+from engine.meta import TaskMeta, redact_url
+from engine.pieces import PieceLayout
+from engine.store import PieceStore
+from engine.types import TaskId
+
+PIECE = 1 << 20
+
+
+def _content(length: int) -> bytes:
+    return os.urandom(length)
+
+
+def _meta(length: int, url: str = "http://origin/file") -> TaskMeta:
+    return TaskMeta.new(TaskId.of(url, str(length)), url, PieceLayout(length, PIECE))
+
+
+def _fill(store: PieceStore, data: bytes, finish: bool = True, url: str = "http://o/f"):
+    task = store.create(_meta(len(data), url))
+    for i in task.layout.indices():
+        r = task.layout.range(i)
+        task.write_piece(i, data[r.start:r.end])
+        assert task.commit_piece(i, hashlib.sha256(data[r.start:r.end]).hexdigest())
+    if finish:
+        task.finish(hashlib.sha256(data).hexdigest())
+    return task
+
+
+@pytest.mark.parametrize("length", [0, 1, PIECE, PIECE + 1, 3 * PIECE + 7])
+def test_fill_finish_export_roundtrip(tmp_path, length):
+    data = _content(length)
+    store = PieceStore(str(tmp_path / "store"))
+    task = _fill(store, data)
+    out = tmp_path / "out" / "fïlé ünïcode.bin"
+    out.parent.mkdir()
+    task.export(str(out))
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert task.meta.sha256 == hashlib.sha256(data).hexdigest()
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp left
+    task.close()
+
+
+def test_data_file_is_preallocated(tmp_path):
+    store = PieceStore(str(tmp_path))
+    task = store.create(_meta(8 * PIECE))
+    st = os.stat(os.path.join(task.path, "data"))
+    assert st.st_size == 8 * PIECE
+    assert st.st_blocks * 512 >= 8 * PIECE
+    task.close()
+
+
+def test_hard_link_export_shares_the_inode(tmp_path):
+    data = _content(PIECE + 5)
+    store = PieceStore(str(tmp_path / "s"))
+    task = _fill(store, data)
+    out = tmp_path / "linked"
+    task.export(str(out), link=True)
+    assert os.stat(out).st_ino == os.stat(os.path.join(task.path, "data")).st_ino
+    assert out.read_bytes() == data
+    task.close()
+
+
+def test_export_replaces_atomically_and_refuses_incomplete(tmp_path):
+    store = PieceStore(str(tmp_path / "s"))
+    task = store.create(_meta(2 * PIECE))
+    out = tmp_path / "out"
+    out.write_bytes(b"old contents")
+    with pytest.raises(StoreError):
+        task.export(str(out))
+    assert out.read_bytes() == b"old contents"
+    task.close()
+
+
+def test_corrupt_piece_is_not_published(tmp_path):
+    store = PieceStore(str(tmp_path))
+    task = store.create(_meta(2 * PIECE))
+    task.write_piece(0, b"x" * PIECE)
+    with pytest.raises(IntegrityError):
+        task.commit_piece(0, hashlib.sha256(b"y" * PIECE).hexdigest())
+    assert not task.has(0)
+    with pytest.raises(BadInput):
+        task.write_piece(1, b"short")
+    task.close()
+
+
+def test_whole_file_digest_mismatch_is_refused(tmp_path):
+    data = _content(PIECE)
+    store = PieceStore(str(tmp_path))
+    task = _fill(store, data, finish=False)
+    with pytest.raises(IntegrityError):
+        task.finish(hashlib.sha256(b"other").hexdigest())
+    assert not task.complete
+    task.close()
+
+
+def _set_bit_in_child(root: str, task_hex: str, index: int, data: bytes) -> None:
+    task = PieceStore(root).open(TaskId(task_hex))
+    task.write_piece(index, data)
+    task.commit_piece(index, hashlib.sha256(data).hexdigest())
+    task.close()
+
+
+def test_another_process_sees_a_piece_the_moment_its_bit_is_set(tmp_path):
+    root = str(tmp_path)
+    store = PieceStore(root)
+    task = store.create(_meta(2 * PIECE))
+    assert not task.has(1)
+    piece = _content(PIECE)
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_set_bit_in_child, args=(root, task.task_id.hex, 1, piece))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert task.has(1) and not task.has(0)
+    with task.view(1) as view:
+        assert bytes(view) == piece
+    task.close()
+
+
+def test_restart_serves_complete_tasks_and_discards_torn_ones(tmp_path):
+    root = str(tmp_path)
+    store = PieceStore(root)
+    good = _fill(store, _content(2 * PIECE))
+    torn = _fill(store, _content(PIECE), url="http://o/torn")
+    lying = _fill(store, b"z" * PIECE, finish=False, url="http://o/lying")
+    lying.save_meta()
+    for t in (good, torn, lying):
+        t.close()
+    meta_path = os.path.join(torn.path, "meta")
+    with open(meta_path, "r+b") as f:  # a torn write
+        f.truncate(os.path.getsize(meta_path) // 2)
+    with open(os.path.join(lying.path, "data"), "r+b") as f:  # page cache lost
+        f.write(b"\0" * 16)
+
+    kept = PieceStore(root).scan()
+    assert [m.task_id for m in kept] == [good.task_id]
+    assert not os.path.exists(torn.path) and not os.path.exists(lying.path)
+    reopened = PieceStore(root).open(good.task_id)
+    assert reopened.complete and reopened.bitmap.complete()
+    reopened.close()
+    with pytest.raises(TaskNotFound):
+        PieceStore(root).open(torn.task_id)
+
+
+def test_data_size_disagreeing_with_meta_is_detected(tmp_path):
+    store = PieceStore(str(tmp_path))
+    task = _fill(store, _content(PIECE))
+    task.close()
+    os.truncate(os.path.join(task.path, "data"), PIECE - 1)
+    with pytest.raises(StoreError, match="size"):
+        store.open(task.task_id)
+    assert store.scan() == []
+
+
+def test_precheck_counts_other_reservations(tmp_path):
+    budget = DiskBudget(floor_bytes=0)
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    held = budget.reserve(str(tmp_path), "a", now=0, later=free // 2 + 1)
+    with pytest.raises(NotEnoughSpace) as info:
+        budget.check(str(tmp_path), free // 2 + 1)
+    assert info.value.reserved == free // 2 + 1
+    assert "need" in str(info.value) and "free" in str(info.value)
+    held.release()
+    budget.check(str(tmp_path), free // 2 + 1)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_task_larger_than_the_disk_is_refused_before_writing(small_fs):
+    store = PieceStore(str(small_fs), DiskBudget(floor_bytes=0))
+    with pytest.raises(NotEnoughSpace) as info:
+        store.create(_meta(8 * PIECE))
+    assert info.value.exit_code == 4
+    assert os.listdir(small_fs / "tasks") == []
+    assert store.budget.reserved == 0
+
+
+def test_redact_url_drops_secrets():
+    assert redact_url("https://user:pw@host:8443/a/b?X-Amz-Signature=s#frag") == \
+        "https://host:8443/a/b"
