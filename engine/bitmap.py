@@ -108,7 +108,7 @@ class PieceBitmap:
 
     def close(self) -> None:
         if self._fd >= 0:
-            self._words = None
+            self._words.close()
             self._mm.close()
             os.close(self._fd)
             self._fd = -1

@@ -195,11 +195,18 @@ class UploadServer:
             chunk = min(count, CHUNK)
             if self.pacer is not None:
                 await self.pacer.acquire(chunk)
+            waited = False
             while chunk:
                 sent = native.sendfile(out, fd, offset, chunk)
                 if sent == 0:
+                    # 0 means "socket full" or "end of file"; after the socket
+                    # said it was writable only the second is left.
+                    if waited:
+                        raise StoreError("task data ended before the piece did")
                     await _writable(loop, out)
+                    waited = True
                     continue
+                waited = False
                 offset, count, chunk = offset + sent, count - sent, chunk - sent
 
     async def _reply(self, conn: socket.socket, status: int, body: bytes,
