@@ -30,3 +30,14 @@ def run(coro, timeout: float = 120.0):
     assert not leaked, f"tasks leaked past the test: {leaked}"
     assert not escaped, f"the loop logged errors: {escaped}"
     return result
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer's machine; under CI=true a missing tool is a failure."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)

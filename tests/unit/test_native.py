@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import native
+from tests.helpers import skip_or_fail
 from engine.errors import BadInput, IOFailure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +89,7 @@ def test_kill_switch_selects_the_fallback() -> None:
 @pytest.mark.parametrize("value", [None, "", "0"])
 def test_without_kill_switch_the_extension_is_used(value: str | None) -> None:
     if native.extension is None:
-        pytest.skip(f"extension not loaded: {native.LOAD_ERROR}")
+        skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
     out = _probe(value)
     assert out["NATIVE"] is True
     assert out["words"] == "native.extension"

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import native
+from tests.helpers import skip_or_fail
 from engine.errors import BadFileDescriptor, BadInput
 from native._common import SharedWordsBase
 
@@ -34,7 +35,7 @@ OPS = 20_000
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "extension":
         if native.extension is None:
-            pytest.skip(f"extension not loaded: {native.LOAD_ERROR}")
+            skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
         return native.extension
     return native.fallback
 
@@ -151,7 +152,7 @@ def _naive_increment(p: int, barrier: object, path: Path) -> None:
 def test_harness_detects_non_atomic_increments(tmp_path: Path) -> None:
     """Control: load+store from several processes loses updates here."""
     if native.extension is None:
-        pytest.skip(f"extension not loaded: {native.LOAD_ERROR}")
+        skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
     path = tmp_path / "words"
     path.write_bytes(bytes(8))
     _run_workers(_naive_increment, path)
@@ -210,7 +211,7 @@ def test_matches_a_model(
 ) -> None:
     impl = getattr(native, name)
     if impl is None:
-        pytest.skip(f"extension not loaded: {native.LOAD_ERROR}")
+        skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
     model = [0, 0, 0, 0]
     fd = os.open(tmp_path_factory.getbasetemp() / f"model-{name}", os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -22,6 +22,7 @@ from types import ModuleType
 import pytest
 
 import native
+from tests.helpers import skip_or_fail
 from engine.errors import BadFileDescriptor, BadInput, BrokenByPeer, DiskFull, IOFailure
 
 MiB = 1 << 20
@@ -33,7 +34,7 @@ BIG_OFFSET = 4097  # not page-aligned
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "extension":
         if native.extension is None:
-            pytest.skip(f"extension not loaded: {native.LOAD_ERROR}")
+            skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
         return native.extension
     return native.fallback
 
@@ -380,7 +381,7 @@ def test_sync_file_range_and_fadvise_accept_a_file(impl: ModuleType, tmp_path: P
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted for the test and unmounted after it."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        skip_or_fail("mounting a tmpfs needs root")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     done = subprocess.run(
@@ -390,7 +391,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield mnt
     finally:
