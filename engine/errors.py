@@ -7,6 +7,8 @@ with ``raise ... from exc`` so the cause stays visible::
     DamselflyError                      exit 1 unless a subclass says otherwise
     ├── LocalError                      our side: the input, the config, this host
     │   ├── BadInput                    exit 2   an argument or request is invalid
+    │   │   └── (supernode.scheduler.errors: IllegalTransition, UnknownTask,
+    │   │        UnknownPeer — events the scheduler core cannot accept)
     │   ├── ConfigError                 exit 3   configuration cannot be used
     │   ├── StoreError                  exit 5   the piece store is unusable/torn
     │   │   └── TaskNotFound                     no such task in the store

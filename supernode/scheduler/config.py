@@ -1,0 +1,90 @@
+"""Tunables of the scheduler core, declared once, checked when built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Every knob of the scheduler core. Times are seconds of the injected clock.
+
+    Upload slots are per host and shared by all its tasks: a dfdaemon has one
+    upload server whatever number of tasks it seeds. A peer may announce its
+    own limit when it registers; these are the defaults.
+    """
+
+    peer_upload_slots: int = 8
+    cdn_upload_slots: int = 64
+    # A downloader never has more than this many attempts open in one task,
+    # whatever it asks for; it bounds what a peer that never reports can hold.
+    max_in_flight: int = 16
+    # Source choice looks at most this many holders of a piece (a random
+    # window), so a decision costs the same with 10 or 10,000 holders.
+    source_sample: int = 16
+    # Pieces whose holders are all busy may be tried this many times per
+    # decision before the peer is told to wait; it bounds the worst decision.
+    max_probes: int = 32
+    # Endgame: once everything a peer lacks is in flight and at most this
+    # many pieces remain, a piece whose attempt is ``endgame_delay`` old may
+    # be requested from up to ``endgame_copies`` sources at once.
+    endgame_pieces: int = 4
+    endgame_copies: int = 2
+    endgame_delay: float = 2.0
+    assignment_timeout: float = 30.0
+    heartbeat_timeout: float = 30.0
+    # Source health (see ``health``): a failure adds its weight to the
+    # source's record, a delivery adds one success; the record covers about
+    # the last ``health_window`` outcomes. A source is isolated in a task
+    # when its weighted failures there reach ``task_isolate_after`` and make
+    # up ``failure_ratio`` of its record; host-wide likewise with
+    # ``host_isolate_after``, or when it is isolated in ``host_isolate_tasks``
+    # tasks.
+    failure_weight: int = 1
+    timeout_weight: int = 1
+    corrupt_weight: int = 3
+    task_isolate_after: int = 3
+    host_isolate_after: int = 10
+    host_isolate_tasks: int = 2
+    failure_ratio: float = 0.5
+    health_window: int = 32
+    isolation_time: float = 300.0
+    wait_ms: int = 200
+    pending_wait_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"scheduler.{f.name} must be a number, got {value!r}")
+            if value < 0:
+                raise ConfigError(f"scheduler.{f.name} must be >= 0, got {value!r}")
+        if not 0 < self.failure_ratio <= 1:
+            raise ConfigError(
+                f"scheduler.failure_ratio must be in (0, 1], got {self.failure_ratio}")
+        for name in ("max_in_flight", "source_sample", "max_probes", "endgame_copies",
+                     "health_window",
+                     "task_isolate_after", "host_isolate_after", "host_isolate_tasks",
+                     "failure_weight", "timeout_weight", "corrupt_weight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"scheduler.{name} must be >= 1")
+        # A zero endgame delay would duplicate a piece in the very call that
+        # first assigned it.
+        for name in ("assignment_timeout", "heartbeat_timeout", "isolation_time",
+                     "endgame_delay"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"scheduler.{name} must be > 0")
+
+    def weight(self, reason: str) -> int:
+        """How much a failed attempt counts against its source."""
+        if reason == "corrupt":
+            return self.corrupt_weight
+        if reason == "timeout":
+            return self.timeout_weight
+        if reason == "refused":
+            # 503: the source's slots were full. Several supernodes share a
+            # host's slots, so this is load, not misbehaviour.
+            return 0
+        return self.failure_weight

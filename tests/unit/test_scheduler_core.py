@@ -1,0 +1,581 @@
+"""The scheduler core fed events by hand, with a fake clock and a seeded RNG."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from engine.errors import BadInput, ConfigError
+from engine.types import PeerId, TaskId
+from supernode.scheduler import (
+    ASSIGN, BACK_TO_SOURCE, DONE, FAIL, WAIT, Decision, Grant, IllegalTransition, Scheduler,
+    SchedulerConfig, UnknownPeer, UnknownTask)
+from supernode.scheduler.invariants import check
+
+CDN = PeerId("cdn")
+T = TaskId.of("task-one")
+U = TaskId.of("task-two")
+V = TaskId.of("task-three")
+A, B, C, D = (PeerId(x) for x in "abcd")
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make(clock: FakeClock, seed: int = 7, **config) -> Scheduler:
+    return Scheduler(SchedulerConfig(**config), clock=clock, rng=random.Random(seed), cdn=CDN)
+
+
+def ready(s: Scheduler, task: TaskId, n: int, landed=None) -> None:
+    s.task_known(task, n)
+    for piece in range(n) if landed is None else landed:
+        s.piece_available(task, piece)
+
+
+def sources(decision: Decision) -> list[PeerId]:
+    return [g.source for g in decision.grants]
+
+
+def take(s: Scheduler, task: TaskId, peer: PeerId) -> Grant:
+    """Ask for one piece and return its grant (the test makes sure there is one)."""
+    (grant,) = s.schedule(task, peer, want=1).grants
+    return grant
+
+
+def seed_peer(s: Scheduler, task: TaskId, peer: PeerId, pieces, **register) -> None:
+    """Register ``peer`` and report ``pieces`` as fetched elsewhere."""
+    s.register(task, peer, **register)
+    s.pieces_done(task, peer, [(p, None) for p in pieces])
+
+
+# --- tasks and the CDN -------------------------------------------------------------
+
+def test_peers_wait_until_the_length_is_known(clock):
+    s = make(clock)
+    assert s.register(T, A) == "registered"
+    decision = s.schedule(T, A)
+    assert decision.action == WAIT and decision.wait_ms == 1000
+    assert s.task_state(T) == "pending"
+    ready(s, T, 4)
+    assert s.task_state(T) == "complete"
+    decision = s.schedule(T, A, want=8)
+    assert decision.action == ASSIGN and sorted(g.piece for g in decision.grants) == [0, 1, 2, 3]
+    check(s)
+
+
+def test_each_piece_is_schedulable_the_moment_it_lands(clock):
+    s = make(clock)
+    s.register(T, A)
+    s.task_known(T, 10)
+    assert s.schedule(T, A).action == WAIT          # running, but nothing landed yet
+    s.piece_available(T, 6)
+    assert s.schedule(T, A).grants == (Grant(6, CDN),)
+    s.piece_available(T, 6)                         # told twice: no change
+    s.piece_available(T, 2)
+    assert s.schedule(T, A).grants == (Grant(2, CDN),)
+    assert s.task_state(T) == "running"
+    assert s.peer_state(T, CDN) == "downloading"
+    check(s)
+
+
+def test_zero_length_file_is_done_at_once(clock):
+    s = make(clock)
+    s.register(T, A)
+    s.task_known(T, 0)
+    assert s.task_state(T) == "complete" and s.peer_state(T, A) == "seeding"
+    assert s.schedule(T, A).action == DONE
+    s.register(T, B)
+    assert s.schedule(T, B).action == DONE
+
+
+def test_cdn_failure_sends_peers_back_to_source_or_fails_them(clock):
+    s = make(clock)
+    s.register(T, A)
+    s.task_failed(T, "origin reset the connection")
+    decision = s.schedule(T, A)
+    assert decision.action == BACK_TO_SOURCE and "reset" in decision.message
+    s.register(U, A)
+    s.task_failed(U, "origin said 404", permanent=True)
+    assert s.schedule(U, A).action == FAIL
+
+
+def test_task_known_twice_must_agree(clock):
+    s = make(clock)
+    s.task_known(T, 5)
+    s.task_known(T, 5)
+    with pytest.raises(BadInput):
+        s.task_known(T, 6)
+    with pytest.raises(BadInput):
+        s.task_known(U, -1)
+
+
+def test_complete_task_is_announced_when_the_cdn_has_everything(clock):
+    s = make(clock)
+    ready(s, T, 3, landed=[0, 1])
+    assert s.task_state(T) == "running"
+    s.piece_available(T, 2)
+    assert s.task_state(T) == "complete" and s.peer_state(T, CDN) == "seeding"
+    with pytest.raises(IllegalTransition):
+        s.task_failed(T, "too late")
+
+
+# --- a peer's download ---------------------------------------------------------------
+
+def test_a_peer_downloads_everything_and_seeds(clock):
+    s = make(clock)
+    ready(s, T, 6)
+    s.register(T, A)
+    for _ in range(3):
+        decision = s.schedule(T, A, want=2)
+        assert decision.action == ASSIGN and s.peer_state(T, A) == "downloading"
+        for g in decision.grants:
+            assert s.piece_state(T, A, g.piece) == "in_flight"
+        s.pieces_done(T, A, decision.grants)
+        check(s)
+    assert s.peer_state(T, A) == "seeding"
+    assert s.schedule(T, A).action == DONE
+    assert all(s.holders(T, p) == {A, CDN} for p in range(6))
+
+
+def test_a_second_peer_fetches_from_the_first_not_the_cdn(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    seed_peer(s, T, A, range(4))
+    s.register(T, B)
+    decision = s.schedule(T, B, want=1)
+    assert sources(decision) == [A]
+    assert s.load(A) == 1 and s.load(CDN) == 0
+
+
+def test_pieces_of_one_request_come_from_different_sources(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    seed_peer(s, T, A, range(4))
+    seed_peer(s, T, B, range(4))
+    s.register(T, C)
+    decision = s.schedule(T, C, want=3)
+    # Two peers and the CDN hold everything: three grants, three sources.
+    assert sorted(map(str, sources(decision))) == ["a", "b", "cdn"]
+
+
+def test_one_source_serves_a_whole_request_when_it_is_the_only_one(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    s.register(T, A)
+    assert sources(s.schedule(T, A, want=4)) == [CDN] * 4
+
+
+def test_rarest_pieces_go_first(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    seed_peer(s, T, A, [0, 1, 2])
+    seed_peer(s, T, B, [0, 1])
+    s.register(T, C)
+    assert [g.piece for g in s.schedule(T, C, want=2).grants] == [3, 2]
+
+
+def test_same_location_peer_is_preferred(clock):
+    s = make(clock)
+    ready(s, T, 1)
+    seed_peer(s, T, A, [0], location="rack-1")
+    seed_peer(s, T, B, [0], location="rack-2")
+    s.register(T, C, location="rack-2")
+    s.register(T, D, location="rack-1")
+    assert sources(s.schedule(T, C, want=1)) == [B]
+    assert sources(s.schedule(T, D, want=1)) == [A]
+
+
+def test_upload_slots_are_shared_by_all_tasks_of_a_host(clock):
+    s = make(clock, cdn_upload_slots=0)             # only peers serve here
+    for task in (T, U):
+        ready(s, task, 2)
+        seed_peer(s, task, A, range(2), upload_slots=1)
+        s.register(task, B)
+    piece, source = take(s, T, B)
+    assert source == A and s.load(A) == 1
+    assert s.schedule(U, B).action == WAIT          # A's one slot is taken by task T
+    s.pieces_done(T, B, [(piece, A)])
+    assert sources(s.schedule(U, B)) == [A]
+
+
+def test_in_flight_per_downloader_is_capped(clock):
+    s = make(clock, max_in_flight=3)
+    ready(s, T, 10)
+    s.register(T, A)
+    assert len(s.schedule(T, A, want=8).grants) == 3
+    assert s.schedule(T, A, want=8).action == WAIT
+    assert s.schedule(T, A, want=0).action == WAIT
+
+
+def test_busy_cdn_does_not_hide_pieces_peers_can_serve(clock):
+    s = make(clock, cdn_upload_slots=1, max_probes=1)
+    ready(s, T, 40)
+    seed_peer(s, T, A, [39])                        # 39 pieces are held by the CDN alone
+    s.register(T, B)
+    s.register(T, C)
+    assert sources(s.schedule(T, B, want=1)) == [CDN]   # rarest: a CDN-only piece
+    assert s.load(CDN) == 1
+    # The CDN is full. C must still find piece 39 at A although 39 rarer
+    # pieces come first and only one probe may fail.
+    assert s.schedule(T, C, want=1).grants == (Grant(39, A),)
+
+
+def test_reported_pieces_without_an_assignment_are_accepted(clock):
+    s = make(clock)
+    ready(s, T, 3)
+    s.register(T, A)
+    s.pieces_done(T, A, [(1, None)])
+    assert s.piece_state(T, A, 1) == "have" and s.peer_state(T, A) == "downloading"
+    s.pieces_done(T, A, [(1, None)])                # told twice: no change
+    assert s.replicas(T, 1) == 2
+    check(s)
+
+
+# --- failures, timeouts, isolation -------------------------------------------------------
+
+def test_a_failed_piece_is_wanted_again(clock):
+    s = make(clock)
+    ready(s, T, 1)
+    s.register(T, A)
+    s.schedule(T, A)
+    s.piece_failed(T, A, 0, CDN, "failed")
+    assert s.piece_state(T, A, 0) == "missing" and s.load(CDN) == 0
+    assert s.schedule(T, A).grants == (Grant(0, CDN),)
+    with pytest.raises(BadInput):
+        s.piece_failed(T, A, 0, CDN, "bored")
+
+
+def test_corrupt_pieces_isolate_the_source_in_the_task_until_expiry(clock):
+    s = make(clock, task_isolate_after=3, corrupt_weight=3, isolation_time=60,
+             heartbeat_timeout=1000)
+    ready(s, T, 2)
+    seed_peer(s, T, A, range(2))
+    s.register(T, B)
+    assert sources(s.schedule(T, B, want=1)) == [A]
+    piece = next(iter(s.in_flight(T, B)))
+    s.piece_corrupt(T, B, piece, A)
+    assert s.is_isolated(A, T) and not s.is_isolated(A)
+    assert sources(s.schedule(T, B, want=2)) == [CDN, CDN]
+    clock.advance(59)
+    assert s.tick().reinstated == 0 and s.is_isolated(A, T)
+    clock.advance(1)
+    assert s.tick().reinstated == 1 and not s.is_isolated(A, T)
+    s.register(T, C)
+    assert sources(s.schedule(T, C, want=1)) == [A]
+    check(s)
+
+
+def test_failures_must_dominate_a_sources_recent_record(clock):
+    s = make(clock, task_isolate_after=3, failure_ratio=0.5, health_window=32)
+    ready(s, T, 100, landed=[])                     # A is the only source
+    seed_peer(s, T, A, range(100))
+    s.register(T, B)
+    for i in range(60):                             # one transfer in four fails
+        piece, source = take(s, T, B)
+        if i % 4:
+            s.pieces_done(T, B, [(piece, source)])
+        else:
+            s.piece_failed(T, B, piece, source, "failed")
+    assert not s.is_isolated(A, T)
+    turned = 0
+    while not s.is_isolated(A, T) and turned < 30:  # then A turns bad
+        s.piece_failed(T, B, take(s, T, B).piece, A, "timeout")
+        turned += 1
+    assert s.is_isolated(A, T) and turned < 20
+
+
+def test_a_newcomer_serving_corrupt_data_is_isolated_at_once(clock):
+    s = make(clock, task_isolate_after=3, corrupt_weight=3)
+    ready(s, T, 2, landed=[])
+    seed_peer(s, T, A, range(2))
+    s.register(T, B)
+    s.piece_corrupt(T, B, take(s, T, B).piece, A)
+    assert s.is_isolated(A, T)
+
+
+def test_refusals_are_load_not_misbehaviour(clock):
+    s = make(clock, task_isolate_after=1)
+    ready(s, T, 1)
+    seed_peer(s, T, A, [0])
+    s.register(T, B)
+    s.schedule(T, B)
+    s.piece_failed(T, B, 0, A, "refused")
+    assert not s.is_isolated(A, T) and s.piece_state(T, B, 0) == "missing"
+
+
+def test_a_source_isolated_in_enough_tasks_is_isolated_everywhere(clock):
+    s = make(clock, task_isolate_after=1, host_isolate_tasks=2, isolation_time=30)
+    for task in (T, U, V):
+        ready(s, task, 1, landed=[] if task != V else None)
+        seed_peer(s, task, A, [0])
+        s.register(task, B)
+    s.piece_failed(T, B, take(s, T, B).piece, A)
+    assert s.is_isolated(A, T) and not s.is_isolated(A)
+    s.piece_failed(U, B, take(s, U, B).piece, A)
+    assert s.is_isolated(A)                         # two tasks: everywhere
+    assert sources(s.schedule(V, B)) == [CDN]       # V never saw a failure from A
+    clock.advance(30)
+    assert s.tick().reinstated == 3
+    assert not s.is_isolated(A) and not s.is_isolated(A, T)
+    check(s)
+
+
+def test_a_source_failing_often_is_isolated_everywhere(clock):
+    s = make(clock, task_isolate_after=100, host_isolate_after=4, isolation_time=30)
+    ready(s, T, 8, landed=[])
+    seed_peer(s, T, A, range(8))
+    s.register(T, B)
+    for _ in range(4):
+        s.piece_failed(T, B, take(s, T, B).piece, A)
+    assert s.is_isolated(A) and s.peer_state(T, A) == "seeding"
+    assert s.schedule(T, B).action == WAIT
+    s.piece_available(T, 5)
+    assert s.schedule(T, B).grants == (Grant(5, CDN),)
+
+
+def test_isolation_survives_leaving_and_registering_again(clock):
+    s = make(clock, task_isolate_after=1, isolation_time=30)
+    ready(s, T, 1, landed=[])
+    seed_peer(s, T, A, [0])
+    s.register(T, B)
+    s.piece_corrupt(T, B, take(s, T, B).piece, A)
+    s.leave(A)
+    seed_peer(s, T, A, [0])
+    assert s.is_isolated(A, T)
+    s.piece_available(T, 0)
+    assert sources(s.schedule(T, B)) == [CDN]
+
+
+def test_only_failures_of_open_attempts_count(clock):
+    s = make(clock, task_isolate_after=1, assignment_timeout=10, heartbeat_timeout=100)
+    ready(s, T, 2, landed=[])
+    seed_peer(s, T, A, range(2))
+    seed_peer(s, T, C, range(2))
+    s.register(T, B)
+    s.piece_corrupt(T, B, 0, A)                     # B never fetched from A
+    assert not s.is_isolated(A, T)
+    piece, source = take(s, T, B)
+    clock.advance(10)
+    assert s.tick().expired == 1
+    s.piece_corrupt(T, B, piece, source)            # too late: expired here already
+    assert not s.is_isolated(source, T)
+    check(s)
+
+
+def test_assignments_time_out_and_are_reassigned(clock):
+    s = make(clock, assignment_timeout=10, heartbeat_timeout=100)
+    ready(s, T, 1)
+    seed_peer(s, T, A, [0])
+    s.register(T, B)
+    assert sources(s.schedule(T, B)) == [A]
+    clock.advance(9)
+    assert s.tick().expired == 0 and s.load(A) == 1
+    clock.advance(1)
+    assert s.tick().expired == 1
+    assert s.load(A) == 0 and s.piece_state(T, B, 0) == "missing"
+    assert not s.is_isolated(A, T)                  # the downloader may be the slow one
+    assert s.schedule(T, B).action == ASSIGN
+    check(s)
+
+
+def test_silent_peer_is_dropped_with_its_pieces_and_its_uploads(clock):
+    s = make(clock, heartbeat_timeout=30, assignment_timeout=300, cdn_upload_slots=0)
+    ready(s, T, 2)
+    seed_peer(s, T, A, range(2))
+    s.register(T, B)
+    s.schedule(T, B, want=1)                        # B fetches from A
+    clock.advance(20)
+    s.heartbeat(B)
+    clock.advance(10)
+    report = s.tick()
+    assert report.dropped == (A,)
+    assert s.holders(T, 0) == {CDN} and s.replicas(T, 1) == 1
+    assert s.in_flight(T, B) == {} and s.load(A) == 0
+    with pytest.raises(UnknownPeer):
+        s.schedule(T, A)
+    with pytest.raises(UnknownPeer):
+        s.heartbeat(A)
+    assert s.schedule(T, B).action == WAIT          # the CDN serves nobody here
+    check(s)
+
+
+def test_every_call_for_a_peer_counts_as_a_heartbeat(clock):
+    s = make(clock, heartbeat_timeout=30)
+    ready(s, T, 2)
+    s.register(T, A)
+    for _ in range(5):
+        clock.advance(25)
+        s.schedule(T, A, want=0)
+        assert s.tick().dropped == ()
+    clock.advance(30)
+    assert s.tick().dropped == (A,)
+
+
+# --- endgame -------------------------------------------------------------------
+
+def test_endgame_duplicates_the_last_piece_from_another_source(clock):
+    s = make(clock, endgame_pieces=2, endgame_copies=2, endgame_delay=5)
+    ready(s, T, 3)
+    seed_peer(s, T, A, range(3))
+    s.register(T, B)
+    s.pieces_done(T, B, [(0, None), (1, None)])
+    first = s.schedule(T, B).grants
+    assert [g.piece for g in first] == [2]
+    clock.advance(4)
+    assert s.schedule(T, B).action == WAIT          # the first attempt gets some time
+    clock.advance(1)
+    second = s.schedule(T, B).grants
+    assert [g.piece for g in second] == [2] and second[0].source != first[0].source
+    assert s.schedule(T, B).action == WAIT          # two copies at most
+    assert s.load(A) == 1 and s.load(CDN) == 1
+    s.pieces_done(T, B, [(2, second[0].source)])
+    assert s.load(A) == 0 and s.load(CDN) == 0      # the loser's slot is freed too
+    s.pieces_done(T, B, [(2, first[0].source)])     # the loser reports late: harmless
+    s.piece_failed(T, B, 2, first[0].source, "failed")
+    assert s.schedule(T, B).action == DONE
+    check(s)
+
+
+def test_no_endgame_while_pieces_are_still_wanted(clock):
+    s = make(clock, endgame_pieces=4, cdn_upload_slots=1)
+    ready(s, T, 3)
+    seed_peer(s, T, A, [0], upload_slots=1)
+    s.register(T, B)
+    assert len(s.schedule(T, B, want=4).grants) == 2    # piece 0 from A, one from the CDN
+    assert s.schedule(T, B).action == WAIT              # a piece is still wanted
+
+
+# --- stranded peers, leaving, errors ---------------------------------------------------
+
+def test_back_to_source_when_nobody_can_ever_serve_a_piece(clock):
+    s = make(clock, task_isolate_after=1)
+    ready(s, T, 2, landed=[0])
+    s.register(T, A)
+    s.schedule(T, A)
+    s.piece_corrupt(T, A, 0, CDN)                   # the CDN is out of this task
+    assert s.schedule(T, A).action == BACK_TO_SOURCE
+
+
+def test_cdn_leaving_a_task_strands_pieces_only_it_had(clock):
+    s = make(clock)
+    ready(s, T, 2)
+    seed_peer(s, T, A, [0])
+    s.register(T, B)
+    assert s.leave(CDN, T)
+    assert s.holders(T, 1) == frozenset()
+    decision = s.schedule(T, B, want=4)
+    assert decision.grants == (Grant(0, A),)
+    s.pieces_done(T, B, decision.grants)
+    assert s.schedule(T, B).action == BACK_TO_SOURCE
+    check(s)
+
+
+def test_leaving_releases_everything(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    ready(s, U, 4)
+    seed_peer(s, T, A, range(4))
+    seed_peer(s, U, A, range(2))
+    s.register(T, B)
+    s.schedule(T, B, want=4)
+    assert s.leave(A, T)
+    assert s.peers(T) == [B] and s.peers(U) == [A]
+    assert all(A not in s.holders(T, p) for p in range(4))
+    assert s.leave(A) and not s.leave(A) and not s.leave(PeerId("nobody"))
+    assert s.leave(B)
+    assert s.load(CDN) == 0 and s.stats()["open_flights"] == 0
+    check(s)
+
+
+def test_forgetting_a_task(clock):
+    s = make(clock, task_isolate_after=1)
+    ready(s, T, 2, landed=[])
+    seed_peer(s, T, A, range(2))
+    s.register(T, B)
+    s.piece_failed(T, B, take(s, T, B).piece, A)
+    assert s.is_isolated(A, T)
+    s.schedule(T, B)
+    s.forget_task(T)
+    s.forget_task(T)
+    assert s.tasks() == [] and s.load(A) == 0 and not s.is_isolated(A)
+    with pytest.raises(UnknownTask):
+        s.schedule(T, B)
+    check(s)
+
+
+def test_registering_again_keeps_progress_and_updates_the_host(clock):
+    s = make(clock)
+    ready(s, T, 2)
+    seed_peer(s, T, A, [0])
+    assert s.register(T, A, upload_slots=3, location="rack-9", addr="10.0.0.1:80") == "downloading"
+    assert s.upload_slots(A) == 3 and s.addr(A) == "10.0.0.1:80"
+    assert s.piece_state(T, A, 0) == "have"
+
+
+def test_bad_events_are_refused_clearly(clock):
+    s = make(clock)
+    with pytest.raises(UnknownTask):
+        s.schedule(T, A)
+    s.register(T, A)
+    with pytest.raises(UnknownPeer):
+        s.schedule(T, B)
+    with pytest.raises(IllegalTransition):
+        s.piece_available(T, 0)                     # length not known yet
+    with pytest.raises(BadInput):
+        s.pieces_done(T, A, [(0, None)])
+    ready(s, T, 2)
+    with pytest.raises(BadInput):
+        s.pieces_done(T, A, [(2, None)])
+    with pytest.raises(BadInput):
+        s.schedule(T, A, want=-1)
+    with pytest.raises(BadInput):
+        s.register(T, CDN)
+    with pytest.raises(BadInput):
+        s.register(T, B, upload_slots=-1)
+    with pytest.raises(UnknownPeer):
+        s.schedule(T, CDN)
+
+
+def test_same_seed_same_decisions(clock):
+    def run(seed: int) -> list:
+        s = make(FakeClock(), seed=seed)
+        ready(s, T, 64)
+        out = []
+        for i in range(6):
+            s.register(T, PeerId(f"p{i}"))
+            out.append(s.schedule(T, PeerId(f"p{i}"), want=4).grants)
+        return out
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_config_and_decisions_validate():
+    with pytest.raises(ConfigError):
+        SchedulerConfig(peer_upload_slots=-1)
+    with pytest.raises(ConfigError):
+        SchedulerConfig(assignment_timeout=0)
+    with pytest.raises(ConfigError):
+        SchedulerConfig(source_sample=0)
+    with pytest.raises(ConfigError):
+        SchedulerConfig(wait_ms="soon")
+    with pytest.raises(BadInput):
+        Decision("assign")
+    with pytest.raises(BadInput):
+        Decision("teleport")
+    assert Decision.done().action == DONE
