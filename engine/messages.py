@@ -13,6 +13,10 @@ Endpoints (all POST with a JSON body unless noted)::
     POST /api/v1/leave       Leave             -> {"ok": true}
     GET  /api/v1/tasks/<id>                    -> TaskView
     GET  /healthz                              -> {"ok": true}
+    GET  /metrics                              -> Prometheus text (supernode counters)
+
+Errors are 4xx with ``{"error": "..."}``: 400 for malformed JSON or a bad
+field, 404 for an unknown task or peer (a peer that gets 404 registers again).
 
 Peer to peer: ``GET /pieces/<task id>/<n>`` answers 200 with exactly the
 piece, 404 when the piece is not here, 503 + Retry-After when upload slots
@@ -160,7 +164,13 @@ class TaskView:
 
 @dataclass(frozen=True, slots=True)
 class PieceResult:
-    """One finished attempt since the last schedule call."""
+    """One finished attempt since the last schedule call.
+
+    ``source`` is the peer the piece was assigned from. A peer that got the
+    piece some other way (back to source) reports itself as ``source``; the
+    supernode accepts that only for a piece whose sha256 it has published,
+    and refuses (400) a source it neither assigned nor knows to hold it.
+    """
 
     piece: int
     source: PeerId
@@ -208,19 +218,25 @@ class ScheduleRequest:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """Fetch ``piece`` from ``source`` at ``addr`` (host:port) and check ``sha256``."""
+    """Fetch ``piece`` from ``source`` at ``addr`` (host:port) and check ``sha256``.
+
+    ``is_cdn`` says the source is the supernode's CDN rather than another
+    peer, so a peer can tell how much of a file the swarm carried.
+    """
 
     piece: int
     source: PeerId
     addr: str
     size: int
     sha256: str
+    is_cdn: bool = False
 
     @classmethod
     def from_wire(cls, data: Any) -> Assignment:
         o = _obj(data)
         return cls(_req(o, "piece", int), PeerId(_req(o, "source", str)), _req(o, "addr", str),
-                   _req(o, "size", int), _req(o, "sha256", str))
+                   _req(o, "size", int), _req(o, "sha256", str),
+                   _opt(o, "is_cdn", bool, False))
 
 
 @dataclass(frozen=True, slots=True)

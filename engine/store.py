@@ -85,11 +85,33 @@ class TaskFile:
             actual = hashlib.sha256(piece).hexdigest()
         if actual != sha256:
             raise IntegrityError(f"piece {index} of {self.task_id} does not match its sha256")
+        return self.publish_piece(index, sha256)
+
+    def publish_piece(self, index: int, sha256: str) -> bool:
+        """Publish piece ``index`` whose bytes the caller has just hashed to ``sha256``.
+
+        Only for a caller that computed the digest from this very mapping
+        (the CDN cutting pieces): everyone else uses commit_piece, which
+        checks the bytes against a digest that came from elsewhere.
+        """
         r = self.layout.range(index)
         native.sync_file_range(self.fd, r.start, r.length)
         if self.meta.piece_digests[index] != sha256:
             self.meta = self.meta.with_digest(index, sha256)
         return self.bitmap.set(index)
+
+    def release(self, index: int) -> None:
+        """Unmap piece ``index``'s pages from this process (MADV_DONTNEED).
+
+        The bytes stay in the page cache and on their way to disk (a shared
+        file mapping hands its dirty bits to the page cache when unmapped);
+        only this process's page tables let go, so a downloader's RSS stays
+        flat however large the file. The next access faults the pages back in.
+        """
+        if self._mm is None:
+            return
+        r = self.layout.range(index)
+        self._mm.madvise(mmap.MADV_DONTNEED, r.start, r.length)
 
     def save_meta(self) -> None:
         write_atomically(os.path.join(self.path, "meta"), self.meta.to_bytes())

@@ -52,7 +52,7 @@ class SchedulerConfig:
     health_window: int = 32
     isolation_time: float = 300.0
     wait_ms: int = 200
-    pending_wait_ms: int = 1000
+    pending_wait_ms: int = 200
 
     def __post_init__(self) -> None:
         for f in fields(self):

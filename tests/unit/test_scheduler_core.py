@@ -70,7 +70,7 @@ def test_peers_wait_until_the_length_is_known(clock):
     s = make(clock)
     assert s.register(T, A) == "registered"
     decision = s.schedule(T, A)
-    assert decision.action == WAIT and decision.wait_ms == 1000
+    assert decision.action == WAIT and decision.wait_ms == SchedulerConfig().pending_wait_ms
     assert s.task_state(T) == "pending"
     ready(s, T, 4)
     assert s.task_state(T) == "complete"
