@@ -7,12 +7,12 @@ in the previous round and ask for ``k`` more, until every peer has the whole
 file. Each schedule call is timed with ``perf_counter_ns``; the rate counts
 all core work (results, schedule calls, ticks) against the grants made.
 
-The same swarm through the HTTP API is measured by
-``perf/bench_scheduler_http.py``; an HTTP variant kept in this file would be a
-sibling function whose rows ``main`` adds to the same table.
+After the core, the same kind of swarm goes through the HTTP API of a real
+``supernode`` process (``perf/bench_scheduler_http.py``, a local load
+generator): schedule calls/s and latency as a peer sees them.
 
-    python perf/bench_scheduler.py                 # 1k and 10k peers x 256 pieces
-    python perf/bench_scheduler.py --peers 1000 --pieces 64 --k 8
+    python perf/bench_scheduler.py                 # 1k and 10k peers x 256 pieces, then HTTP
+    python perf/bench_scheduler.py --peers 1000 --pieces 64 --k 8 --http-peers 0
 """
 
 from __future__ import annotations
@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--gc", action="store_true", help="leave the cyclic GC running")
+    parser.add_argument("--http-peers", type=int, nargs="+", default=[200, 1000],
+                        help="swarm sizes for the HTTP part (0 skips it)")
+    parser.add_argument("--http-pieces", type=int, default=64)
     args = parser.parse_args(argv)
     rows = []
     for peers in args.peers:
@@ -173,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['register_s']:.2f} s, {row['waits']} waits", flush=True)
         rows.append(row)
     print_table(rows)
+    http_peers = [n for n in args.http_peers if n > 0]
+    if http_peers:
+        import asyncio
+
+        import bench_scheduler_http as http
+
+        http_rows = [asyncio.run(http.bench_http(n, args.http_pieces, args.k))
+                     for n in http_peers]
+        print()
+        http.print_table(http_rows)
     return 0
 
 
