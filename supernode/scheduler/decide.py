@@ -38,7 +38,17 @@ def fill(reg: Registry, member: Member, room: int, now: float, cfg: SchedulerCon
     used: set[Host] = set()
     grants: list[Grant] = []
     misses = cfg.max_probes
+    # A piece only the CDN holds and is already sending to someone will have
+    # a peer replica shortly; sending it out again would spend the CDN's
+    # upload, the swarm's scarcest capacity, on bytes the swarm is about to
+    # have. Such pieces wait until nothing else can be granted.
+    leaving = {f.piece for f in cdn.out} if cdn is not None and cdn.out else _NOTHING
+    deferred: list[int] = []
+    peer_count = sw.peer_count
     for piece in rarest_first(member.wanted, sw.count, sw.buckets, sw.levels, rng, skip):
+        if piece in leaving and not peer_count[piece]:
+            deferred.append(piece)
+            continue
         source = pick_source(holders[piece], cdn if cdn_has[piece] else None,
                              location=location, rng=rng, sample=sample,
                              avoid=used, blocked=blocked)
@@ -52,6 +62,15 @@ def fill(reg: Registry, member: Member, room: int, now: float, cfg: SchedulerCon
         grants.append(Grant(piece, source.host.peer_id))
         if len(grants) >= room:
             return grants
+    for piece in deferred if not grants and not member.inflight else ():
+        source = pick_source(holders[piece], cdn, location=location, rng=rng,
+                             sample=sample, avoid=used, blocked=blocked)
+        if source is not None:
+            reg.assign(member, source, piece, now, deadline)
+            used.add(source.host)
+            grants.append(Grant(piece, source.host.peer_id))
+            if len(grants) >= room:
+                return grants
     for piece in endgame(member.inflight, len(member.wanted), pieces=cfg.endgame_pieces,
                          copies=cfg.endgame_copies, opened_by=now - cfg.endgame_delay):
         taken = {flight.src.host for flight in member.inflight[piece]}

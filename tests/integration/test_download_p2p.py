@@ -49,9 +49,7 @@ def test_four_peers_share_one_origin_download(tmp_path, parallel):
     from_cdn = sum(s.bytes_from_cdn for s in stats)
     assert from_peers + from_cdn == 4 * len(data)
     assert sum(s.bytes_from_origin for s in stats) == 0
-    assert from_peers >= len(data), (from_peers, from_cdn)  # P2P happened
-    if parallel == 1:
-        assert from_peers > from_cdn, (from_peers, from_cdn)
+    assert from_peers > from_cdn, (from_peers, from_cdn)  # P2P carried most of it
 
 
 @pytest.mark.parametrize("receive", ["mmap", "pwrite"])

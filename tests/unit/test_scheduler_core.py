@@ -579,3 +579,26 @@ def test_config_and_decisions_validate():
     with pytest.raises(BadInput):
         Decision("teleport")
     assert Decision.done().action == DONE
+
+
+def test_the_cdn_does_not_send_a_piece_it_is_already_sending(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    for peer in (A, B):
+        s.register(T, peer)
+    first = {g.piece for g in s.schedule(T, A, want=2).grants}
+    second = {g.piece for g in s.schedule(T, B, want=4).grants}
+    # B gets the two pieces nobody is fetching, not A's pieces a second time.
+    assert len(first) == 2 and second == {0, 1, 2, 3} - first
+    check(s)
+
+
+def test_a_piece_in_flight_from_the_cdn_is_still_granted_to_an_idle_peer(clock):
+    s = make(clock)
+    ready(s, T, 2)
+    for peer in (A, B):
+        s.register(T, peer)
+    assert len(s.schedule(T, A, want=2).grants) == 2
+    decision = s.schedule(T, B, want=2)  # nothing else exists: B must not starve
+    assert decision.action == ASSIGN and sources(decision) == [CDN, CDN]
+    check(s)
