@@ -43,7 +43,7 @@ class Context:
     pacer: Pacer | None = None
     piece_timeout: float = 30.0
     min_rate: float = 1 << 20  # bytes/s a piece fetch may not fall below (timeout)
-    receive: str = "mmap"  # or "pwrite": see engine.download.sinks
+    receive: str = "pwrite"  # or "mmap": see engine.download.sinks
     rpc_timeout: float = 10.0
     origin_connect_timeout: float = 10.0
     origin_read_timeout: float = 60.0

@@ -56,7 +56,7 @@ class Downloader:
                  session: aiohttp.ClientSession | None = None, piece_timeout: float = 30.0,
                  min_rate: float = 1 << 20, rpc_timeout: float = 10.0,
                  heartbeat_interval: float = 10.0, origin_read_timeout: float = 60.0,
-                 receive: str = "mmap") -> None:
+                 receive: str = "pwrite") -> None:
         if not 1 <= parallel <= 64:
             raise BadInput("parallel must be within 1..64")
         if receive not in RECEIVE_MODES:

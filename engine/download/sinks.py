@@ -10,9 +10,13 @@ kind it has.
   socket receive (on ext4 a ``page_mkwrite`` per page of a fallocated file).
 - ``FileSink``: the buffer is a small reused bytearray (cache-hot, no
   faults) and each full buffer is ``pwrite``-n at its offset: two copies,
-  no faults, nothing mapped. On the 2-vCPU loopback test VM this measured
-  about 2.5 times faster (see the download engine's report); the
-  downloader's ``receive`` option chooses.
+  no faults, nothing mapped. This is the default. DESIGN.md asks for the
+  one-copy receive into the mmap, but on the machines we have measured it
+  loses: 512 MiB over a socketpair into a fallocated ext4 file took
+  405-476 MB/s into the mapping, 455-588 MB/s with MADV_POPULATE_WRITE
+  first, and 2,269-2,363 MB/s through a 1 MiB bounce buffer and pwrite.
+  The fault per first-touched page costs far more than the extra memcpy.
+  ``receive="mmap"`` keeps the other path for filesystems where it wins.
 
 Both are written only by the event loop; ``close`` must be called once the
 transport can no longer write into the buffer (an mmap slice must be
