@@ -1,0 +1,230 @@
+"""A dfdaemon worker: one upload server on the shared port, downloads on request.
+
+Started by the coordinator (engine.daemon.supervisor) as
+``python -m engine.daemon.worker --fd N``; everything else arrives in the
+``init`` message on that channel. Then, on uvloop:
+
+- an UploadServer on the daemon's port with SO_REUSEPORT (the kernel spreads
+  peers' connections over the workers), paced by the host upload bucket;
+- a Downloader paced by the host download bucket, running the jobs the
+  coordinator sends (``start``), streaming ``accepted``/``progress`` and one
+  ``done`` or ``error`` per job back, and writing the output with
+  TaskFile.export (atomic rename into place);
+- ``stats`` answers with the downloader's and upload server's counters,
+  ``forget`` drops a cached open task (GC removed it), ``cancel`` stops a job.
+
+The coordinator gives each task id to exactly one worker, so only that
+worker ever creates the task in the store. The worker exits when the
+channel ends or on ``shutdown``; it ignores SIGINT/SIGTERM (see supervisor).
+
+Per-task limits: a request with ``limit`` gets its own Downloader whose
+pacer chains a LocalBucket in front of the host bucket; a request for a task
+that is already running in this worker joins that download, whatever its
+own limit (the engine joins same-task downloads only within one Downloader).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+
+from engine.control import Chain, ControlBlock, LocalBucket
+from engine.errors import DamselflyError
+from engine.localapi import Channel, DownloadCommand, error_event
+from engine.messages import PeerInfo
+from engine.store import PieceStore
+from engine.types import PeerId, TaskId
+from engine.upload import UploadServer
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY = 0.1  # seconds between progress events for one job
+
+
+class Worker:
+    """One worker's state; owned by its event loop."""
+
+    def __init__(self, channel: Channel, init: dict) -> None:
+        self.channel, self.init = channel, init
+        self.jobs: dict[int, asyncio.Task] = {}
+        self.chores: set[asyncio.Task] = set()  # supernode leave calls after GC
+        self.running: dict[TaskId, tuple[object, int]] = {}  # task -> (downloader, users)
+        self.block: ControlBlock | None = None
+        self.upload: UploadServer | None = None
+        self.downloader = None
+        self.session = None
+
+    async def run(self) -> None:
+        from engine.download import Downloader  # heavy imports after the channel is up
+        import aiohttp
+
+        init = self.init
+        self.block = ControlBlock.open(os.path.join(init["data_dir"], "control"))
+        self.store = PieceStore(init["data_dir"], budget=self.block.budget(init["slot"]))
+        self.peer = PeerInfo(PeerId(init["peer_id"]), init["advertise_ip"], init["port"],
+                             init.get("location", ""))
+        self.upload = UploadServer(self.store, init["listen_ip"], init["port"],
+                                   slots=init["upload_slots"], pacer=self.block.upload,
+                                   reuse_port=True)
+        # No cookie jar: an origin's cookies must never reach a supernode.
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self._downloader_cls = Downloader
+        try:
+            await self.upload.start()
+            self.downloader = self._new_downloader(None)
+            await self.channel.send({"op": "ready", "pid": os.getpid()})
+            while (message := await self.channel.receive()) is not None:
+                if message.get("op") == "shutdown":
+                    break
+                self._handle(message)
+        finally:
+            await self._teardown()
+
+    def _new_downloader(self, limit: int | None):
+        pacer = self.block.download if limit is None else Chain(LocalBucket(limit),
+                                                                 self.block.download)
+        return self._downloader_cls(self.store, self.init["supernodes"], self.peer,
+                                    parallel=self.init["parallel"], pacer=pacer,
+                                    session=self.session)
+
+    def _handle(self, message: dict) -> None:
+        op = message.get("op")
+        if op == "start":
+            job = message["job"]
+            task = asyncio.create_task(self._job(job, message["request"]))
+            self.jobs[job] = task
+            task.add_done_callback(lambda _t, job=job: self.jobs.pop(job, None))
+        elif op == "cancel":
+            task = self.jobs.get(message.get("job"))
+            if task is not None:
+                task.cancel()
+        elif op == "stats":
+            self.channel.send_nowait({"op": "stats", "req": message.get("req"),
+                                      "pid": os.getpid(), "download": self._download_stats(),
+                                      "upload": dict(self.upload.stats)})
+        elif op == "forget":
+            task_id = TaskId(message["task"])
+            self.upload.forget(task_id)
+            chore = asyncio.create_task(self.downloader.leave(task_id))
+            self.chores.add(chore)
+            chore.add_done_callback(self.chores.discard)
+        else:
+            log.warning("unknown message from the coordinator: %r", op)
+
+    def _download_stats(self) -> dict:
+        total: dict[str, int] = self.downloader.stats.as_dict()
+        for downloader, _ in self.running.values():  # limited jobs' own downloaders
+            if downloader is not self.downloader:
+                for key, value in downloader.stats.as_dict().items():
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    async def _job(self, job: int, wire: dict) -> None:
+        from engine.download import DownloadRequest
+
+        send = self.channel.send_nowait
+        started = time.monotonic()
+        last = {"at": 0.0, "progress": None}
+        try:
+            cmd = DownloadCommand.from_wire(wire)
+            back_source = cmd.back_source and self.init["back_source"]
+            request = DownloadRequest(cmd.url, cmd.headers, cmd.digest, cmd.tag,
+                                      cmd.filter_params, back_source, cmd.timeout)
+            send({"job": job, "event": "accepted", "task_id": request.task_id.hex})
+
+            def on_progress(p) -> None:
+                last["progress"] = p
+                now = time.monotonic()
+                if now - last["at"] >= PROGRESS_EVERY:
+                    last["at"] = now
+                    send({"job": job, "event": "progress", **_progress_fields(p)})
+
+            task = await self._download(request, cmd.limit, on_progress)
+            try:
+                await asyncio.to_thread(task.export, cmd.output, cmd.link)
+                p = last["progress"]
+                done = {"job": job, "event": "done", "task_id": task.task_id.hex,
+                        "output": cmd.output, "length": task.meta.length,
+                        "sha256": task.meta.sha256, "seconds": time.monotonic() - started,
+                        "from_peers": 0, "from_cdn": 0, "from_origin": 0}
+                if p is not None:
+                    done.update({k: getattr(p, k) for k in ("from_peers", "from_cdn",
+                                                            "from_origin")})
+            finally:
+                task.close()
+            send(done)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure must reach dfget as an event
+            if not isinstance(exc, DamselflyError):
+                log.exception("job %d failed unexpectedly", job)
+            send({"job": job, **error_event(exc)})
+
+    async def _download(self, request, limit: int | None, on_progress):
+        task_id = request.task_id
+        downloader, users = self.running.get(task_id, (None, 0))
+        if downloader is None:
+            downloader = self.downloader if limit is None else self._new_downloader(limit)
+        self.running[task_id] = (downloader, users + 1)
+        try:
+            return await downloader.download(request, on_progress)
+        finally:
+            downloader, users = self.running.pop(task_id)
+            if users > 1:
+                self.running[task_id] = (downloader, users - 1)
+            elif downloader is not self.downloader:
+                await downloader.aclose()
+
+    async def _teardown(self) -> None:
+        pending = [*self.jobs.values(), *self.chores]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.downloader is not None:
+            await self.downloader.aclose()
+        if self.upload is not None:
+            await self.upload.close()
+        if self.session is not None:
+            await self.session.close()
+        if self.block is not None:
+            self.block.close()
+        await self.channel.aclose()
+
+
+def _progress_fields(p) -> dict:
+    return {"task_id": str(p.task_id), "state": p.state, "length": p.length,
+            "done_bytes": p.done_bytes, "pieces_done": p.pieces_done,
+            "piece_count": p.piece_count, "from_peers": p.from_peers,
+            "from_cdn": p.from_cdn, "from_origin": p.from_origin}
+
+
+async def _main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    channel = Channel(reader, writer)
+    init = await channel.receive()
+    if init is None or init.get("op") != "init":
+        return
+    logging.getLogger().setLevel(init.get("log_level", "info").upper())
+    await Worker(channel, init).run()
+
+
+def main() -> None:
+    # Before anything else: the coordinator handles signals for the group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parser = argparse.ArgumentParser(prog="dfdaemon-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s "
+                               "%(name)s: %(message)s")
+    import uvloop
+    uvloop.run(_main(args.fd))
+
+
+if __name__ == "__main__":
+    main()
