@@ -138,7 +138,9 @@ class TaskView:
     """What a peer needs to know about a task; fields fill in as the CDN learns.
 
     ``state`` is one of pending, running, complete, failed. ``length`` and
-    ``piece_size`` are None until the origin has told the length.
+    ``piece_size`` are None until the origin has told the length. On failure
+    ``error_kind`` names the class from engine.errors (``OriginError``,
+    ``IntegrityError``, ...) so a peer raises the same kind the CDN hit.
     """
 
     task_id: TaskId
@@ -149,6 +151,7 @@ class TaskView:
     sha256: str | None = None
     error: str | None = None
     error_status: int | None = None
+    error_kind: str | None = None
 
     @classmethod
     def from_wire(cls, data: Any) -> TaskView:
@@ -156,7 +159,8 @@ class TaskView:
         return cls(TaskId(_req(o, "task_id", str)), _req(o, "state", str),
                    _opt(o, "length", int), _opt(o, "piece_size", int),
                    _opt(o, "piece_count", int), _opt(o, "sha256", str),
-                   _opt(o, "error", str), _opt(o, "error_status", int))
+                   _opt(o, "error", str), _opt(o, "error_status", int),
+                   _opt(o, "error_kind", str))
 
     def to_wire(self) -> dict:
         return _plain(self)

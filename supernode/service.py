@@ -336,6 +336,7 @@ class SupernodeService:
         if v.url not in message:
             message = f"{message} (fetching {v.url})"
         v.state, v.error, v.error_status = FAILED, message, status
+        v.error_kind = type(error).__name__
         v.failed_at = self.clock()
         v.permanent = isinstance(error, RemoteError)
         v.fingerprint = v.request_fp if status in CREDENTIAL_STATUSES else None

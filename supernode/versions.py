@@ -67,6 +67,7 @@ class Version:
     fresh_until: float = math.inf     # service clock; only for complete versions
     error: str | None = None
     error_status: int | None = None
+    error_kind: str | None = None     # the engine.errors class the fetch failed with
     failed_at: float = 0.0
     permanent: bool = True            # failed: tell peers "fail", else back_to_source
     fingerprint: str | None = None    # failed with 401/403: whose request got it
@@ -79,7 +80,7 @@ class Version:
                         layout.length if layout else None,
                         layout.piece_size if layout else None,
                         layout.count if layout else None,
-                        self.sha256, self.error, self.error_status)
+                        self.sha256, self.error, self.error_status, self.error_kind)
 
     def learn_layout(self, layout: PieceLayout) -> None:
         self.layout = layout

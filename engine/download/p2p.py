@@ -220,6 +220,8 @@ def _ensure_task(ctx: Context, job: Job, view: TaskView) -> None:
 
 def _failure(view: TaskView, message: str) -> Exception:
     text = message or view.error or "the supernode gave up on the task"
+    if view.error_kind == "IntegrityError":
+        return IntegrityError(text)
     if view.error_status is not None or view.state == "failed":
         return OriginError(text, view.error_status)
     return SupernodeError(text)

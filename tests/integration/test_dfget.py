@@ -121,11 +121,9 @@ def test_a_digest_mismatch_leaves_nothing_at_the_output(swarm):
     out = os.path.join(root, "digest-out")
     wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
     r = dfget(daemons[2].data_dir, url, out, "--digest", wrong)
-    # Usually the CDN finds the mismatch first and the supernode fails the
-    # task; its TaskView carries no error kind, so the peer raises
-    # OriginError (6) rather than IntegrityError (8). The back-to-source
-    # path (test_daemon) checks the 8 strictly.
-    assert r.returncode in (IntegrityError.exit_code, OriginError.exit_code), r.stderr
+    # Whether the CDN or the peer finds the mismatch, it is exit 8: the
+    # supernode's task view names the error kind it failed with.
+    assert r.returncode == IntegrityError.exit_code, r.stderr
     assert "sha256" in r.stderr and r.stderr.count("\n") == 1
     assert not [n for n in os.listdir(root) if n.startswith(("digest-out", ".digest-out"))]
     # The right digest (md5 this time) works, through the same daemon.
