@@ -155,6 +155,12 @@ class Scheduler(SchedulerView):
             member = reg.join(sw, host)
         else:
             member.state = PEER.next(member.state, REGISTER)
+            # A peer registers again after it lost its scheduler state (a
+            # restarted worker): nobody is fetching what it was assigned
+            # before, so those attempts end now instead of at their deadline.
+            for flights in list(member.inflight.values()):
+                for flight in list(flights):
+                    reg.release(flight)
         reg.touch(host, self._clock())
         return member.state
 

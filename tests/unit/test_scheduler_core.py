@@ -602,3 +602,16 @@ def test_a_piece_in_flight_from_the_cdn_is_still_granted_to_an_idle_peer(clock):
     decision = s.schedule(T, B, want=2)  # nothing else exists: B must not starve
     assert decision.action == ASSIGN and sources(decision) == [CDN, CDN]
     check(s)
+
+
+def test_registering_again_releases_the_peers_open_attempts(clock):
+    s = make(clock)
+    ready(s, T, 4)
+    s.register(T, A)
+    granted = {g.piece for g in s.schedule(T, A, want=2).grants}
+    assert len(granted) == 2 and s.load(CDN) == 2
+    s.register(T, A)  # e.g. its worker was restarted and lost the attempts
+    assert s.in_flight(T, A) == {} and s.load(CDN) == 0
+    again = s.schedule(T, A, want=4)  # the released pieces are wanted again
+    assert {g.piece for g in again.grants} == {0, 1, 2, 3}
+    check(s)
