@@ -1,11 +1,15 @@
 """The piece store: one directory per task, shared by every process of a host.
 
-Theory of operation. ``<root>/tasks/<task id>/`` holds three files:
+Theory of operation. ``<root>/tasks/<task id>/`` holds four files:
 
 - ``data``: the file's bytes, preallocated to the full length before the
   first piece arrives, and mmapped MAP_SHARED by every process that touches
   the task. Pieces land at their own offsets in any order.
 - ``bitmap``: which pieces are verified (see engine.bitmap).
+- ``digests``: 32 raw sha256 bytes per piece, written at the piece's slot
+  before its bit is set. Any process may publish a piece, and only one
+  writes the meta; this journal is how a reopened partial task knows the
+  digest of every piece its bitmap claims, even after a worker was killed.
 - ``meta``: length, piece size, digests, origin validators, state (see
   engine.meta); rewritten atomically.
 
@@ -44,8 +48,10 @@ log = logging.getLogger(__name__)
 class TaskFile:
     """One task's data, bitmap and meta, open in this process."""
 
-    def __init__(self, path: str, meta: TaskMeta, fd: int, bitmap: PieceBitmap) -> None:
+    def __init__(self, path: str, meta: TaskMeta, fd: int, bitmap: PieceBitmap,
+                 journal: int) -> None:
         self.path, self.meta, self.fd, self.bitmap = path, meta, fd, bitmap
+        self._journal = journal
         self.layout = meta.layout
         self._mm = (mmap.mmap(fd, meta.length, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE) if meta.length else None)
@@ -96,6 +102,10 @@ class TaskFile:
         """
         r = self.layout.range(index)
         native.sync_file_range(self.fd, r.start, r.length)
+        try:
+            os.pwrite(self._journal, bytes.fromhex(sha256), index * 32)
+        except OSError as exc:
+            raise from_oserror(exc, f"journaling the digest of piece {index}") from exc
         if self.meta.piece_digests[index] != sha256:
             self.meta = self.meta.with_digest(index, sha256)
         return self.bitmap.set(index)
@@ -181,6 +191,7 @@ class TaskFile:
             if self._mm is not None:
                 self._mm.close()
             self.bitmap.close()
+            os.close(self._journal)
             os.close(self.fd)
             self.fd = -1
         if self.reservation is not None:
@@ -221,6 +232,8 @@ class PieceStore:
                     native.fallocate(fd, 0, meta.length)
                     native.fadvise(fd, 0, meta.length, native.Advice.SEQUENTIAL)
                 PieceBitmap.create(os.path.join(tmp, "bitmap"), meta.layout.count).close()
+                with open(os.path.join(tmp, "digests"), "wb") as journal:
+                    journal.truncate(32 * meta.layout.count)
                 write_atomically(os.path.join(tmp, "meta"), meta.to_bytes())
             finally:
                 os.close(fd)
@@ -251,14 +264,23 @@ class PieceStore:
             fd = os.open(os.path.join(path, "data"), os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise StoreError(f"task {task_id} has no readable data file") from exc
+        journal = -1
         try:
             if os.fstat(fd).st_size != meta.length:
                 raise StoreError(f"task {task_id} data size disagrees with its meta")
+            try:
+                journal = os.open(os.path.join(path, "digests"), os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                raise StoreError(f"task {task_id} has no digest journal") from exc
             bitmap = PieceBitmap.open(os.path.join(path, "bitmap"), meta.layout.count)
+            if meta.state != "complete":
+                meta = _with_journaled_digests(meta, bitmap, journal)
         except BaseException:
             os.close(fd)
+            if journal >= 0:
+                os.close(journal)
             raise
-        task = TaskFile(path, meta, fd, bitmap)
+        task = TaskFile(path, meta, fd, bitmap, journal)
         if task.complete and not bitmap.complete():
             task.close()
             raise StoreError(f"task {task_id} is marked complete but misses pieces")
@@ -296,6 +318,19 @@ class PieceStore:
                 log.warning("discarding task %s: %s", name, exc)
                 self.remove(task_id)
         return kept
+
+
+def _with_journaled_digests(meta: TaskMeta, bitmap: PieceBitmap, journal: int) -> TaskMeta:
+    """Fill in the digests of published pieces that this meta does not know."""
+    missing = [i for i in bitmap.indices() if meta.piece_digests[i] is None]
+    if not missing:
+        return meta
+    raw = os.pread(journal, 32 * meta.layout.count, 0)
+    for i in missing:
+        entry = raw[32 * i:32 * i + 32]
+        if len(entry) == 32 and any(entry):
+            meta = meta.with_digest(i, entry.hex())
+    return meta
 
 
 def _check_partial(task: TaskFile) -> None:

@@ -34,7 +34,7 @@ from engine.daemon.gc import ExpiryTable
 from engine.daemon.hostinfo import advertise_ip, data_dir_lock, load_peer_id, reserve_port
 from engine.daemon.jobs import Job, JobTable
 from engine.daemon.supervisor import Supervisor
-from engine.errors import BrokenByPeer, ConfigError, DamselflyError, StoreError
+from engine.errors import BrokenByPeer, ConfigError, DamselflyError
 from engine.identity import TaskIdentity
 from engine.localapi import Channel, DownloadCommand, error_event, parse_command
 from engine.meta import write_atomically
@@ -249,19 +249,17 @@ class Coordinator:
             self._spawn(self._restart_tasks({job.task_id for job in again}, again))
 
     async def _restart_tasks(self, tasks: set[TaskId], jobs: list[Job]) -> None:
-        """Start the dead worker's tasks over, cleanly, then send their jobs again.
+        """Send the dead worker's jobs again, to resume where it stopped.
 
-        The dead worker's verified pieces are not reused: the pieces it set
-        in the bitmap have no digest in the task's meta yet (the download
-        engine saves digests only at the end), so a resumed task could not
-        be finished. And the supernode still counts the dead worker's open
-        attempts against this peer until they time out; leaving the task
-        first drops them, so the replacement registers afresh.
+        Its verified pieces stay: their digests are in the task's journal
+        (engine.store), so the replacement reuses them. The task is left at
+        the supernode first, so the supernode forgets what it thought this
+        peer held and had in flight; the replacement registers afresh and
+        reports the pieces it finds in the store.
         """
         try:
             for task_id in tasks:
                 await self._leave(task_id)
-                self._remove_partial(task_id)
         finally:
             for job in self.table.release(tasks, jobs):
                 log.info("re-requesting job %d (task %s) on worker %d", job.id, job.task_id,
@@ -280,17 +278,6 @@ class Coordinator:
                 await leave(self._session, node, PeerId(self.peer_id), task_id, LEAVE_TIMEOUT)
             except DamselflyError as exc:
                 log.info("leaving task %s at %s: %s", task_id, node, exc)
-
-    def _remove_partial(self, task_id: TaskId) -> None:
-        try:
-            task = self.store.open(task_id)
-        except StoreError:
-            return  # not there (or torn: the downloader replaces it)
-        complete = task.complete
-        task.close()
-        if not complete:
-            self.store.remove(task_id)
-            self.supervisor.broadcast({"op": "forget", "task": task_id.hex})
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

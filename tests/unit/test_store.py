@@ -200,3 +200,23 @@ def test_task_larger_than_the_disk_is_refused_before_writing(small_fs):
 def test_redact_url_drops_secrets():
     assert redact_url("https://user:pw@host:8443/a/b?X-Amz-Signature=s#frag") == \
         "https://host:8443/a/b"
+
+
+def test_pieces_published_by_a_process_that_died_keep_their_digests(tmp_path):
+    root = str(tmp_path)
+    data = _content(2 * PIECE)
+    task = PieceStore(root).create(_meta(len(data)))
+    ctx = multiprocessing.get_context("fork")
+    for i in (0, 1):  # each child publishes one piece and exits without saving meta
+        child = ctx.Process(target=_set_bit_in_child,
+                            args=(root, task.task_id.hex, i, data[i * PIECE:(i + 1) * PIECE]))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+    task.close()
+    reopened = PieceStore(root).open(task.task_id)
+    assert all(reopened.meta.piece_digests)
+    reopened.finish(hashlib.sha256(data).hexdigest())
+    assert reopened.complete
+    reopened.close()
+    assert [m.task_id for m in PieceStore(root).scan()] == [task.task_id]
