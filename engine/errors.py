@@ -17,7 +17,7 @@ with ``raise ... from exc`` so the cause stays visible::
     │   │   └── DiskFull                exit 4   ENOSPC/EDQUOT while writing
     │   ├── NotEnoughSpace              exit 4   precheck: needed vs free
     │   ├── DaemonUnavailable           exit 9   dfget cannot reach or start dfdaemon
-    │   └── ClosedByUs                           we closed/cancelled the transfer
+    │   └── ClosedByUs                  exit 10  we gave up: --timeout, or shutting down
     └── RemoteError                              someone else misbehaved
         ├── OriginError                 exit 6   the origin failed (status kept)
         ├── SupernodeError              exit 7   scheduler unreachable or refused
@@ -107,6 +107,8 @@ class DaemonUnavailable(LocalError):
 
 class ClosedByUs(LocalError):
     """We closed or cancelled the transfer ourselves (shutdown, timeout)."""
+
+    exit_code = 10
 
 
 class RemoteError(DamselflyError):

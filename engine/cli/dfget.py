@@ -24,6 +24,7 @@ Exit codes (from engine.errors; ``dfget --help`` prints the same table)::
     7    the supernode is unreachable or refused (with --no-back-source)
     8    the file does not match --digest (nothing is left at PATH)
     9    no dfdaemon could be reached or started
+    10   timed out (--timeout) or cancelled because the daemon shut down
     130  interrupted
 """
 

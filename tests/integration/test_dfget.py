@@ -14,7 +14,7 @@ import shutil
 import orjson
 import pytest
 
-from engine.errors import BadInput, DaemonUnavailable, IntegrityError, OriginError
+from engine.errors import BadInput, ClosedByUs, DaemonUnavailable, IntegrityError, OriginError
 from tests.integration.swarm import (Daemon, Services, dfget, dfget_many, sha256_file,
                                      short_tempdir)
 
@@ -138,6 +138,16 @@ def test_an_origin_error_has_its_exit_code(swarm):
     r = dfget(daemons[3].data_dir, url, os.path.join(root, "gone-out"))
     assert r.returncode == OriginError.exit_code, r.stderr
     assert not os.path.exists(os.path.join(root, "gone-out"))
+
+
+def test_a_timeout_has_its_exit_code_and_leaves_nothing(swarm):
+    services, daemons, root = swarm
+    url = services.add("slow", os.urandom(PIECE), delay=5)  # the origin stalls past 1 s
+    out = os.path.join(root, "slow-out")
+    r = dfget(daemons[3].data_dir, url, out, "--timeout", "1s")
+    assert r.returncode == ClosedByUs.exit_code, r.stderr
+    assert "longer than" in r.stderr
+    assert not [n for n in os.listdir(root) if n.startswith(("slow-out", ".slow-out"))]
 
 
 @pytest.mark.parametrize("args", [
