@@ -185,14 +185,23 @@ class ConfigSpec(Generic[T]):
         return p
 
     def load(self, argv: Sequence[str] | None = None,
-             env: Mapping[str, str] | None = None) -> Loaded[T]:
+             env: Mapping[str, str] | None = None, *,
+             parser: argparse.ArgumentParser | None = None,
+             extra: dict[str, Any] | None = None) -> Loaded[T]:
         """Parse ``argv`` and merge: flags > environment > TOML file > defaults.
+
+        ``parser`` may be ``self.parser()`` with more, per-invocation
+        arguments added (dfget's URL and output); their values are moved from
+        the parsed flags into ``extra`` instead of the config.
 
         argparse itself exits with status 2 on an unknown flag; every other
         problem is a ConfigError.
         """
         env = os.environ if env is None else env
-        args = vars(self.parser().parse_args(argv))
+        args = vars((parser or self.parser()).parse_args(argv))
+        if extra is not None:
+            extra.update({k: args.pop(k) for k in list(args) if k not in self.by_name
+                          and k not in ("config", "print_config")})
         path = args.pop("config", None) or env.get(self.config_env) or None
         print_requested = bool(args.pop("print_config", False))
         file_values = read_toml(path) if path else {}

@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from engine.cli import exit_codes_text, load_with, run_main, setup_logging
+from engine.cli import exit_codes_text, run_main, setup_logging
 from engine.daemon.config import SPEC
 
 
@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
-        loaded, _ = load_with(SPEC, parser(), argv, ())
+        loaded = SPEC.load(argv, parser=parser())
         if loaded.print_requested:
             sys.stdout.write(SPEC.dump(loaded.config, loaded.sources))
             return 0

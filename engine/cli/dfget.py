@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from engine.cli import exit_codes_text, load_with, run_main
+from engine.cli import exit_codes_text, run_main
 from engine.cli.daemonclient import connect_or_start, converse
 from engine.config import ConfigSpec, option
 from engine.daemon.config import HostOptions, parse_duration, parse_size
@@ -46,7 +46,6 @@ from engine.errors import BadInput, DaemonUnavailable
 from engine.localapi import DownloadCommand, error_from_event
 from engine.types import Digest
 
-PER_INVOCATION = ("url", "url_flag", "output", "header", "digest", "tag", "filter", "link")
 
 
 def _size_or_none(value: str) -> str | None:
@@ -174,7 +173,8 @@ def _summary(e: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
-        loaded, args = load_with(SPEC, parser(), argv, PER_INVOCATION)
+        args: dict = {}
+        loaded = SPEC.load(argv, parser=parser(), extra=args)
         config: DfgetConfig = loaded.config
         if loaded.print_requested:
             sys.stdout.write(SPEC.dump(config, loaded.sources))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cli import exit_codes_text, load_with
+from engine.cli import exit_codes_text
 from engine.cli import dfget
 from engine.daemon.config import SPEC as DAEMON, parse_duration, parse_size
 from engine.errors import BadInput, ConfigError
@@ -12,8 +12,8 @@ from engine.types import Digest
 
 
 def _command(argv: list[str], cwd: str, env: dict | None = None):
-    loaded, args = load_with(dfget.SPEC, dfget.parser(), argv, dfget.PER_INVOCATION,
-                             env=env or {})
+    args: dict = {}
+    loaded = dfget.SPEC.load(argv, env or {}, parser=dfget.parser(), extra=args)
     return loaded.config, dfget.build_command(loaded.config, args, cwd)
 
 
