@@ -47,7 +47,6 @@ from engine.localapi import DownloadCommand, error_from_event
 from engine.types import Digest
 
 
-
 def _size_or_none(value: str) -> str | None:
     try:
         parse_size(value) if value else None
