@@ -9,6 +9,7 @@ the same classes for the same bad input because they call the same checks.
 
 from __future__ import annotations
 
+import abc
 import enum
 import errno
 import mmap
@@ -82,7 +83,7 @@ def raise_oserror(exc: OSError, what: str) -> NoReturn:
     raise from_oserror(exc, what) from exc
 
 
-class SharedWordsBase:
+class SharedWordsBase(abc.ABC):
     """Bounds, value checks and lifetime of a view of uint64 words in a buffer.
 
     What must stay true:
@@ -164,25 +165,25 @@ class SharedWordsBase:
             raise BadInput(f"word index {i} out of range for {self._count} words")
         return int(i)
 
+    @abc.abstractmethod
     def load(self, i: int) -> int:
         """Return word i."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def store(self, i: int, v: int) -> None:
         """Set word i to v, 0 <= v < 2**64."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fetch_add(self, i: int, delta: int) -> int:
         """Add delta (mod 2**64; negative subtracts) to word i; return the old value."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fetch_or(self, i: int, bits: int) -> int:
         """OR bits into word i; return the old value."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def compare_exchange(self, i: int, expected: int, desired: int) -> tuple[bool, int]:
         """Set word i to desired if it holds expected; return (exchanged, value seen)."""
-        raise NotImplementedError
 
     @staticmethod
     def _value(name: str, v: object) -> int:

@@ -27,6 +27,7 @@ closed only after ``settle`` (no job still running).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import hashlib
@@ -39,7 +40,7 @@ from engine.store import TaskFile
 OnPiece = Callable[[int, str], None]
 
 
-class _Sink:
+class _Sink(abc.ABC):
     offset = 0  # bytes held, contiguous from byte 0
 
     def feed(self, pos: int, chunk: bytes) -> None:
@@ -52,11 +53,13 @@ class _Sink:
             assert pos == self.offset, "sinks take bytes in order"
             self._write(chunk)
 
+    @abc.abstractmethod
     def _verify(self, pos: int, data: memoryview) -> None:
-        raise NotImplementedError
+        """Check bytes that were already written (a restart re-reads them)."""
 
+    @abc.abstractmethod
     def _write(self, chunk: bytes) -> None:
-        raise NotImplementedError
+        """Take the next bytes of the body, in order."""
 
 
 def _changed() -> OriginError:
