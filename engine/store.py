@@ -27,8 +27,6 @@ is removed, never served. Paths come only from task ids, never from requests.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import mmap
@@ -39,6 +37,7 @@ import native
 from engine.bitmap import PieceBitmap
 from engine.diskspace import DiskBudget, Reservation
 from engine.errors import BadInput, IntegrityError, StoreError, TaskNotFound, from_oserror
+from engine.fileops import copy_file, file_digest
 from engine.meta import TaskMeta, write_atomically
 from engine.types import TaskId
 
@@ -143,7 +142,7 @@ class TaskFile:
             if self.meta.piece_digests[i] is None:
                 self.meta = self.meta.with_digest(i, d)
         if rehash:
-            actual = file_sha256(self.fd, self.meta.length)
+            actual = file_digest(self.fd, self.meta.length)
             if sha256 is not None and actual != sha256:
                 raise IntegrityError(f"task {self.task_id} sha256 mismatch")
         elif sha256 is None:
@@ -177,7 +176,7 @@ class TaskFile:
             if link:
                 os.link(os.path.join(self.path, "data"), tmp)
             else:
-                _copy_file(self.fd, tmp, self.meta.length)
+                copy_file(self.fd, tmp, self.meta.length)
             os.replace(tmp, output)
         except OSError as exc:
             _remove_quietly(tmp)
@@ -339,67 +338,6 @@ def _check_partial(task: TaskFile) -> None:
         with task.view(index) as piece:
             if digest is None or hashlib.sha256(piece).hexdigest() != digest:
                 raise StoreError(f"piece {index} lost or unverifiable after restart")
-
-
-def file_sha256(fd: int, length: int, chunk: int = 4 << 20) -> str:
-    """sha256 of the first ``length`` bytes of ``fd``, read with pread.
-
-    pread into one reused buffer instead of hashing the mmap: hashing the
-    mapping would fault every page of the file into this process's RSS.
-    """
-    h = hashlib.sha256()
-    buf = bytearray(min(chunk, max(length, 1)))
-    view = memoryview(buf)
-    offset = 0
-    try:
-        while offset < length:
-            n = os.preadv(fd, [view[:min(chunk, length - offset)]], offset)
-            if n == 0:
-                raise StoreError("task data ended early while hashing")
-            h.update(view[:n])
-            offset += n
-    except OSError as exc:
-        raise from_oserror(exc, "reading task data") from exc
-    finally:
-        view.release()
-    return h.hexdigest()
-
-
-_FICLONE = 0x40049409
-_NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-
-
-def _copy_file(src_fd: int, dst: str, length: int) -> None:
-    """Copy in the kernel: reflink if the filesystem shares blocks, else
-    copy_file_range, else sendfile (across filesystems on older kernels)."""
-    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.ioctl(out, _FICLONE, src_fd)
-            return
-        except OSError:
-            pass
-        offset = 0
-        copy = os.copy_file_range
-        while offset < length:
-            try:
-                n = copy(src_fd, out, length - offset, offset, offset)
-            except OSError as exc:
-                if copy is _sendfile_to or exc.errno not in _NO_KERNEL_COPY:
-                    raise
-                copy = _sendfile_to
-                continue
-            if n == 0:
-                raise StoreError("task data ended early while copying")
-            offset += n
-        os.fsync(out)
-    finally:
-        os.close(out)
-
-
-def _sendfile_to(src_fd: int, out_fd: int, count: int, offset: int, _out_offset: int) -> int:
-    # os.sendfile writes at the output's file position, which advances in step.
-    return os.sendfile(out_fd, src_fd, offset, count)
 
 
 def _remove_quietly(path: str) -> None:
