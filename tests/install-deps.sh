@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # command -> Debian package
 declare -A tools=(
   [ip]=iproute2 [tc]=iproute2 [curl]=curl [mount]=mount
+  # the lab's baselines: a central HTTP server and BitTorrent with a tracker
+  [nginx]=nginx [aria2c]=aria2 [opentracker]=opentracker
 )
 missing=()
 for cmd in "${!tools[@]}"; do

@@ -1,0 +1,84 @@
+"""damselfly: nginx origin, the supernode (scheduler + CDN), a dfdaemon and a dfget per client.
+
+The supernode runs on ``setup.sn_host``: the origin host itself by default
+(one host outside the N, as for the other systems), or a host of its own.
+Every daemon listens on its host's lab address only (``--listen-ip``), and
+the supernode on its host's; the CDN fetches the file from nginx once.
+
+All daemons are up (their ready files written) before the clock starts, as
+the other systems' servers are; then every client's ``dfget`` starts at once
+and its exit marks its completion. Bytes the origin sent: nginx's log.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import orjson
+
+from perf.lab.procs import Finish, read_log
+from perf.lab.systems.common import Outcome, Setup, clean_env, wait_file
+from perf.lab.systems.nginx import Nginx
+
+
+def _module(name: str) -> list[str]:
+    return [sys.executable, "-m", name]
+
+
+def run_damselfly(setup: Setup) -> Outcome:
+    procs, opts = setup.procs, setup.options
+    env = clean_env()
+    root = os.path.join(setup.work, "www")
+    os.makedirs(root, exist_ok=True)
+    os.link(setup.file_path, os.path.join(root, setup.file_name))
+    origin = Nginx(procs, setup.origin, root, os.path.join(setup.work, "nginx"))
+
+    sn_dir = os.path.join(setup.work, "supernode")
+    os.makedirs(sn_dir, exist_ok=True)
+    sn_ready = os.path.join(sn_dir, "ready.json")
+    supernode = procs.start(setup.sn_host, [
+        *_module("supernode.cli"), "--host", setup.sn_host.ip, "--port", "0",
+        "--upload-port", "0", "--data-dir", os.path.join(sn_dir, "data"),
+        "--ready-file", sn_ready, "--log-level", "warning",
+        *opts.get("supernode_args", ())], log="supernode.log", env=env)
+    wait_file(sn_ready, supernode)
+    with open(sn_ready, "rb") as f:
+        port = orjson.loads(f.read())["port"]
+    sn_addr = f"{setup.sn_host.ip}:{port}"
+
+    daemons = {}
+    for host in setup.clients:
+        d = setup.client_dir(host)
+        daemons[host.name] = (d, procs.start(host, [
+            *_module("engine.cli.dfdaemon"), "--data-dir", os.path.join(d, "data"),
+            "--supernode", sn_addr, "--listen-ip", host.ip,
+            "--workers", str(opts.get("workers", 1)), "--peer-id", host.name,
+            "--ready-file", os.path.join(d, "ready.json"), "--log-level", "warning",
+            *opts.get("dfdaemon_args", ())], log=f"dfdaemon-{host.name}.log", env=env))
+    for d, proc in daemons.values():
+        wait_file(os.path.join(d, "ready.json"), proc, timeout=60)
+
+    finish, outputs, clients = Finish(), {}, {}
+    t0 = setup.start_clock()
+    for host in setup.clients:
+        d = daemons[host.name][0]
+        out = os.path.join(d, setup.file_name)
+        outputs[host.name] = out
+        proc = procs.start(host, [
+            *_module("engine.cli.dfget"), "--data-dir", os.path.join(d, "data"),
+            "--no-autostart", "--no-progress", setup.url(), "-o", out],
+            log=f"dfget-{host.name}.log", env=env)
+        clients[host.name] = proc
+        finish.watch(host.name, proc)
+    finish.join(setup.timeout)
+    outcome = Outcome({n: t - t0 for n, t in finish.times.items()}, outputs,
+                      origin_bytes=origin.bytes_sent())
+    for name, code in finish.codes.items():
+        if code:
+            outcome.failures[name] = f"dfget exit {code}: {read_log(clients[name], 500)}"
+    for name, (_, proc) in daemons.items():
+        if proc.poll() is not None:
+            outcome.notes.append(f"dfdaemon on {name} exited {proc.returncode} during the "
+                                 f"run: {read_log(proc, 300)}")
+    return outcome
