@@ -16,7 +16,7 @@ from random import Random
 
 from supernode.scheduler.config import SchedulerConfig
 from supernode.scheduler.model import Host, Member, Swarm
-from supernode.scheduler.policy import endgame, pick_source, rarest_first
+from supernode.scheduler.policy import endgame, pick_source, random_order, rarest_first
 from supernode.scheduler.registry import Registry
 from supernode.scheduler.results import Grant
 from supernode.scheduler.states import HEALTHY
@@ -45,7 +45,11 @@ def fill(reg: Registry, member: Member, room: int, now: float, cfg: SchedulerCon
     leaving = {f.piece for f in cdn.out} if cdn is not None and cdn.out else _NOTHING
     deferred: list[int] = []
     peer_count = sw.peer_count
-    for piece in rarest_first(member.wanted, sw.count, sw.buckets, sw.levels, rng, skip):
+    if cfg.piece_order == "rarest":
+        order = rarest_first(member.wanted, sw.count, sw.buckets, sw.levels, rng, skip)
+    else:
+        order = random_order(member.wanted, sw.count, rng, skip)
+    for piece in order:
         if piece in leaving and not peer_count[piece]:
             deferred.append(piece)
             continue

@@ -136,7 +136,7 @@ def test_one_source_serves_a_whole_request_when_it_is_the_only_one(clock):
 
 
 def test_rarest_pieces_go_first(clock):
-    s = make(clock)
+    s = make(clock, piece_order="rarest")
     ready(s, T, 4)
     seed_peer(s, T, A, [0, 1, 2])
     seed_peer(s, T, B, [0, 1])

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from engine.errors import ConfigError
 from engine.types import PeerId, TaskId
 from supernode.scheduler import SchedulerConfig, policy
 from supernode.scheduler.model import Host, Member, Swarm
@@ -88,6 +89,31 @@ def test_rarest_first_both_strategies_agree_on_the_order_of_levels(count, data):
     order = rarest(wanted, count, seed=data.draw(st.integers(0, 99)), skip=skip)
     assert sorted(order) == sorted(p for p in wanted - skip if count[p])
     assert [count[p] for p in order] == sorted(count[p] for p in order)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=40), st.data())
+def test_random_order_yields_each_held_wanted_piece_once(count, data):
+    n = len(count)
+    wanted = data.draw(st.sets(st.integers(0, n - 1)))
+    skip = data.draw(st.sets(st.integers(0, n - 1)))
+    order = list(policy.random_order(wanted, count, random.Random(data.draw(st.integers(0, 99))),
+                                     skip))
+    assert sorted(order) == sorted(p for p in wanted - skip if count[p])
+
+
+def test_random_order_spreads_first_picks_over_all_pieces():
+    count = [1] * 64
+    firsts = Counter(next(policy.random_order(set(range(64)), count, random.Random(seed)))
+                     for seed in range(6400))
+    # Uniform would give 100 each; rarest-first with rotation gives the same,
+    # but a fixed order would put all 6400 on one piece.
+    assert len(firsts) == 64 and max(firsts.values()) < 160
+
+
+def test_piece_order_is_checked():
+    with pytest.raises(ConfigError):
+        SchedulerConfig(piece_order="sequential")
 
 
 # --- source choice -------------------------------------------------------------

@@ -36,13 +36,15 @@ class FakeClock:
 
 class SchedulerMachine(RuleBasedStateMachine):
     @initialize(seed=st.integers(0, 2**16), n=st.integers(1, 6), landed=st.sets(st.integers(0, 5)),
-                peers=st.sets(st.sampled_from(PEERS), min_size=1))
-    def start(self, seed, n, landed, peers):
+                peers=st.sets(st.sampled_from(PEERS), min_size=1),
+                order=st.sampled_from(["random", "rarest"]))
+    def start(self, seed, n, landed, peers, order):
         self.clock = FakeClock()
         self.config = SchedulerConfig(
             peer_upload_slots=2, cdn_upload_slots=3, max_in_flight=4, task_isolate_after=2,
             host_isolate_after=4, host_isolate_tasks=2, isolation_time=20, corrupt_weight=2,
-            assignment_timeout=15, heartbeat_timeout=25, endgame_pieces=6, endgame_delay=1)
+            assignment_timeout=15, heartbeat_timeout=25, endgame_pieces=6, endgame_delay=1,
+            piece_order=order)
         self.s = Scheduler(self.config, clock=self.clock, rng=random.Random(seed), cdn=CDN)
         self.n: dict[TaskId, int] = {}
         self.landed: dict[TaskId, set[int]] = {t: set() for t in TASKS}
