@@ -106,10 +106,14 @@ class LocalBucket:
     Not thread-safe: one event loop owns it.
     """
 
-    def __init__(self, rate: int, burst: int | None = None, clock: Clock = time.monotonic_ns):
+    def __init__(self, rate: int, burst: int | None = None, clock: Clock = time.monotonic_ns,
+                 *, full: bool = True):
         self.rate, self.clock = rate, clock
         self.burst = default_burst(rate) if burst is None else burst
-        self._empty_at = -BIAS
+        # Full: ``burst`` bytes may go at once. Empty (a per-download limit):
+        # the first bytes already wait their share, so the download as a
+        # whole never beats ``rate``.
+        self._empty_at = -BIAS if full else clock()
 
     def reserve(self, nbytes: int) -> int:
         """Take ``nbytes`` now; return the deadline (clock ns) to wait for."""

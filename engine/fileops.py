@@ -46,29 +46,43 @@ def copy_file(src_fd: int, dst: str, length: int) -> None:
     copy_file_range, else sendfile (across filesystems on older kernels)."""
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.ioctl(out, _FICLONE, src_fd)
+        if reflink(src_fd, out):
             return
-        except OSError:
-            pass
-        offset = 0
-        copy = os.copy_file_range
-        while offset < length:
-            try:
-                n = copy(src_fd, out, length - offset, offset, offset)
-            except OSError as exc:
-                if copy is _sendfile_to or exc.errno not in _NO_KERNEL_COPY:
-                    raise
-                copy = _sendfile_to
-                continue
-            if n == 0:
-                raise StoreError("task data ended early while copying")
-            offset += n
+        copy_range(src_fd, out, 0, length)
         os.fsync(out)
     finally:
         os.close(out)
 
 
-def _sendfile_to(src_fd: int, out_fd: int, count: int, offset: int, _out_offset: int) -> int:
-    # os.sendfile writes at the output's file position, which advances in step.
+def reflink(src_fd: int, out_fd: int) -> bool:
+    """Make ``out_fd`` share every block of ``src_fd``; False where the
+    filesystem cannot (ext4, tmpfs, two filesystems)."""
+    try:
+        fcntl.ioctl(out_fd, _FICLONE, src_fd)
+    except OSError:
+        return False
+    return True
+
+
+def copy_range(src_fd: int, out_fd: int, offset: int, length: int) -> None:
+    """Copy ``length`` bytes at ``offset`` of ``src_fd`` to the same offset of
+    ``out_fd`` in the kernel (copy_file_range, else sendfile). Raises OSError."""
+    end = offset + length
+    copy = os.copy_file_range
+    while offset < end:
+        try:
+            n = copy(src_fd, out_fd, end - offset, offset, offset)
+        except OSError as exc:
+            if copy is _sendfile_to or exc.errno not in _NO_KERNEL_COPY:
+                raise
+            copy = _sendfile_to
+            continue
+        if n == 0:
+            raise StoreError("task data ended early while copying")
+        offset += n
+
+
+def _sendfile_to(src_fd: int, out_fd: int, count: int, offset: int, out_offset: int) -> int:
+    # os.sendfile writes at the output's file position: put it where this range goes.
+    os.lseek(out_fd, out_offset, os.SEEK_SET)
     return os.sendfile(out_fd, src_fd, offset, count)

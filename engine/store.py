@@ -95,9 +95,10 @@ class TaskFile:
     def publish_piece(self, index: int, sha256: str) -> bool:
         """Publish piece ``index`` whose bytes the caller has just hashed to ``sha256``.
 
-        Only for a caller that computed the digest from this very mapping
-        (the CDN cutting pieces): everyone else uses commit_piece, which
-        checks the bytes against a digest that came from elsewhere.
+        Only for a caller that computed the digest over exactly the bytes it
+        put in the file (the CDN cutting pieces from this mapping; a
+        downloader hashing its buffers on their way in, engine.download.
+        local): everyone else uses commit_piece, which reads the piece back.
         """
         r = self.layout.range(index)
         native.sync_file_range(self.fd, r.start, r.length)

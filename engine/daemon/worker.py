@@ -8,8 +8,9 @@ Started by the coordinator (engine.daemon.supervisor) as
   peers' connections over the workers), paced by the host upload bucket;
 - a Downloader paced by the host download bucket, running the jobs the
   coordinator sends (``start``), streaming ``accepted``/``progress`` and one
-  ``done`` or ``error`` per job back, and writing the output with
-  TaskFile.export (atomic rename into place);
+  ``done`` or ``error`` per job back, and writing the output while the
+  pieces arrive (engine.download.output; atomic rename into place), or as
+  a hard link with ``link``;
 - ``stats`` answers with the downloader's and upload server's counters,
   ``forget`` drops a cached open task (GC removed it), ``cancel`` stops a job.
 
@@ -17,10 +18,10 @@ The coordinator gives each task id to exactly one worker, so only that
 worker ever creates the task in the store. The worker exits when the
 channel ends or on ``shutdown``; it ignores SIGINT/SIGTERM (see supervisor).
 
-Per-task limits: a request with ``limit`` gets its own Downloader whose
-pacer chains a LocalBucket in front of the host bucket; a request for a task
-that is already running in this worker joins that download, whatever its
-own limit (the engine joins same-task downloads only within one Downloader).
+Per-task limits: a request with ``limit`` passes its own LocalBucket to
+the one Downloader, which chains it in front of the host bucket for that
+download. A request for a task that is already running in this worker
+joins that download, whatever its own limit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import signal
 import socket
 import time
 
-from engine.control import Chain, ControlBlock, LocalBucket
+from engine.control import ControlBlock, LocalBucket
 from engine.errors import DamselflyError
 from engine.localapi import Channel, DownloadCommand, error_event
 from engine.messages import PeerInfo
@@ -52,7 +53,6 @@ class Worker:
         self.channel, self.init = channel, init
         self.jobs: dict[int, asyncio.Task] = {}
         self.chores: set[asyncio.Task] = set()  # supernode leave calls after GC
-        self.running: dict[TaskId, tuple[object, int]] = {}  # task -> (downloader, users)
         self.block: ControlBlock | None = None
         self.upload: UploadServer | None = None
         self.downloader = None
@@ -72,10 +72,11 @@ class Worker:
                                    reuse_port=True)
         # No cookie jar: an origin's cookies must never reach a supernode.
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        self._downloader_cls = Downloader
         try:
             await self.upload.start()
-            self.downloader = self._new_downloader(None)
+            self.downloader = Downloader(self.store, init["supernodes"], self.peer,
+                                         parallel=init["parallel"], pacer=self.block.download,
+                                         session=self.session)
             await self.channel.send({"op": "ready", "pid": os.getpid()})
             while (message := await self.channel.receive()) is not None:
                 if message.get("op") == "shutdown":
@@ -83,13 +84,6 @@ class Worker:
                 self._handle(message)
         finally:
             await self._teardown()
-
-    def _new_downloader(self, limit: int | None):
-        pacer = self.block.download if limit is None else Chain(LocalBucket(limit),
-                                                                 self.block.download)
-        return self._downloader_cls(self.store, self.init["supernodes"], self.peer,
-                                    parallel=self.init["parallel"], pacer=pacer,
-                                    session=self.session)
 
     def _handle(self, message: dict) -> None:
         op = message.get("op")
@@ -104,7 +98,8 @@ class Worker:
                 task.cancel()
         elif op == "stats":
             self.channel.send_nowait({"op": "stats", "req": message.get("req"),
-                                      "pid": os.getpid(), "download": self._download_stats(),
+                                      "pid": os.getpid(),
+                                      "download": self.downloader.stats.as_dict(),
                                       "upload": dict(self.upload.stats)})
         elif op == "forget":
             task_id = TaskId(message["task"])
@@ -115,20 +110,14 @@ class Worker:
         else:
             log.warning("unknown message from the coordinator: %r", op)
 
-    def _download_stats(self) -> dict:
-        total: dict[str, int] = self.downloader.stats.as_dict()
-        for downloader, _ in self.running.values():  # limited jobs' own downloaders
-            if downloader is not self.downloader:
-                for key, value in downloader.stats.as_dict().items():
-                    total[key] = total.get(key, 0) + value
-        return total
-
     async def _job(self, job: int, wire: dict) -> None:
         from engine.download import DownloadRequest
+        from engine.download.output import OutputFile
 
         send = self.channel.send_nowait
         started = time.monotonic()
         last = {"at": 0.0, "progress": None}
+        output = None
         try:
             cmd = DownloadCommand.from_wire(wire)
             back_source = cmd.back_source and self.init["back_source"]
@@ -143,9 +132,22 @@ class Worker:
                     last["at"] = now
                     send({"job": job, "event": "progress", **_progress_fields(p)})
 
-            task = await self._download(request, cmd.limit, on_progress)
+            output = None if cmd.link else OutputFile(cmd.output)
+            # Starts empty: --limit holds from the first byte, with no burst.
+            pacer = LocalBucket(cmd.limit, full=False) if cmd.limit else None
             try:
-                await asyncio.to_thread(task.export, cmd.output, cmd.link)
+                task = await self.downloader.download(request, on_progress, pacer=pacer,
+                                                      output=output)
+            except BaseException:
+                output = None  # the downloader abandoned it
+                raise
+            try:
+                if output is None:
+                    await asyncio.to_thread(task.export, cmd.output, True)
+                else:
+                    finishing = asyncio.to_thread(output.finish, task)
+                    output = None  # from here on finish cleans up after itself
+                    await finishing
                 p = last["progress"]
                 done = {"job": job, "event": "done", "task_id": task.task_id.hex,
                         "output": cmd.output, "length": task.meta.length,
@@ -158,26 +160,15 @@ class Worker:
                 task.close()
             send(done)
         except asyncio.CancelledError:
+            if output is not None:  # downloaded, not finished: no disk job writes to it
+                output.abort()
             raise
         except Exception as exc:  # every failure must reach dfget as an event
+            if output is not None:
+                output.abort()
             if not isinstance(exc, DamselflyError):
                 log.exception("job %d failed unexpectedly", job)
             send({"job": job, **error_event(exc)})
-
-    async def _download(self, request, limit: int | None, on_progress):
-        task_id = request.task_id
-        downloader, users = self.running.get(task_id, (None, 0))
-        if downloader is None:
-            downloader = self.downloader if limit is None else self._new_downloader(limit)
-        self.running[task_id] = (downloader, users + 1)
-        try:
-            return await downloader.download(request, on_progress)
-        finally:
-            downloader, users = self.running.pop(task_id)
-            if users > 1:
-                self.running[task_id] = (downloader, users - 1)
-            elif downloader is not self.downloader:
-                await downloader.aclose()
 
     async def _teardown(self) -> None:
         pending = [*self.jobs.values(), *self.chores]

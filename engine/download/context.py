@@ -1,11 +1,13 @@
 """What the download paths share: the Downloader's resources and one job's state.
 
 ``Context`` is the Downloader's toolbox (store, HTTP session, peer
-connection pool, the disk thread, counters, tunables), handed to the P2P and
-origin paths so that they stay plain functions. ``Job`` is one task being
-downloaded in this process; every ``download()`` call for the task waits on
-the same job. Both belong to one event loop and are not thread-safe, except
-that the disk thread may run store calls on ``Job.task`` (one at a time).
+connection pool, the disk, hash and export threads, counters, tunables),
+handed to the P2P and origin paths so that they stay plain functions.
+``Job`` is one task being downloaded in this process; every ``download()``
+call for the task waits on the same job. Both belong to one event loop and
+are not thread-safe, except that the disk thread may run store calls on
+``Job.task`` (one at a time) and the three threads run the jobs of
+engine.download.sinks.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import aiohttp
 
 from engine.diskspace import Reservation
 from engine.download.fetch import ConnectionPool
+from engine.download.output import OutputFile
 from engine.download.request import DownloadRequest, DownloadStats, Progress
+from engine.download.sinks import BouncePool
 from engine.messages import PeerInfo
 from engine.store import PieceStore, TaskFile
 from engine.types import TaskId
@@ -38,6 +42,8 @@ class Context:
     session: aiohttp.ClientSession
     pool: ConnectionPool
     disk: ThreadPoolExecutor
+    hasher: ThreadPoolExecutor  # hashes received pieces (engine.download.sinks)
+    export: ThreadPoolExecutor  # writes output files (engine.download.output)
     stats: DownloadStats
     parallel: int = 4
     pacer: Pacer | None = None
@@ -48,19 +54,25 @@ class Context:
     origin_connect_timeout: float = 10.0
     origin_read_timeout: float = 60.0
     on_registered: Callable[[TaskId, str | None], None] = lambda task_id, node: None
+    bounce: BouncePool = field(default_factory=BouncePool)
 
     async def on_disk(self, fn, *args):
         """Run a store call on the disk thread."""
         return await asyncio.get_running_loop().run_in_executor(self.disk, fn, *args)
 
     async def quiesce(self) -> None:
-        """Wait until the disk thread has run everything queued so far.
+        """Wait until the disk, hash and export threads have run everything
+        queued so far.
 
         A cancelled ``on_disk`` await does not stop the thread: a commit may
-        still be hashing a piece through the mmap, and closing the TaskFile
-        under it would fail. Call this before closing a task.
+        still be hashing a piece through the mmap, a sink's buffer may still
+        be on its way to the task file or an output, and closing the
+        TaskFile (or an output) under them would fail. Call this before
+        closing a task.
         """
-        await self.on_disk(_nothing)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(self.on_disk(_nothing), loop.run_in_executor(self.hasher, _nothing),
+                             loop.run_in_executor(self.export, _nothing))
 
 
 def _nothing() -> None:
@@ -79,6 +91,10 @@ class Job:
     waiters: int = 0
     reservation: Reservation | None = None
     store_id: TaskId | None = None  # the finished task's name in the store
+    pacer: Pacer | None = None      # the first caller's own limit, if any
+    # Output files of the callers, written while pieces arrive (engine.
+    # download.output); a sink takes the list as it is when it starts.
+    outputs: list[OutputFile] = field(default_factory=list)
 
     def set_task(self, task: TaskFile) -> None:
         """Adopt ``task`` (closing a previous one) and count what it already holds."""

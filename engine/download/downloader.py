@@ -29,12 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 
+from engine.control import Chain
 from engine.download.context import Context, Job, ProgressCallback
 from engine.download.fetch import ConnectionPool
 from engine.download.local import finish_verified, open_complete
 from engine.download.origin import download_from_origin
+from engine.download.output import OutputFile
 from engine.download.p2p import download_p2p
 from engine.download.request import DownloadRequest, DownloadStats, Progress
+from engine.download.sinks import BouncePool
 from engine.download.supernodes import Unreachable, heartbeat, leave
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
@@ -72,11 +75,19 @@ class Downloader:
         self._session = session
         self._own_session = session is None
         self._pool = ConnectionPool()
+        self._bounce = BouncePool()
+        # One thread each, so that each runs its jobs in order (engine.download.
+        # sinks): the disk thread owns the store's files; received bytes are
+        # hashed on another; output files are written on a third (those
+        # writes wait for the device, O_DIRECT, without holding the others).
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="damselfly-disk")
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="damselfly-hash")
+        self._export = ThreadPoolExecutor(1, thread_name_prefix="damselfly-export")
         self._jobs: dict[TaskId, Job] = {}
         self._nodes: dict[TaskId, str] = {}  # supernode each task registered with
         self._heartbeat: asyncio.Task | None = None
         self._closed = False
+        self._threads_closed = False
 
     async def __aenter__(self) -> Downloader:
         return self
@@ -90,8 +101,17 @@ class Downloader:
         return self._heartbeat is not None
 
     async def download(self, request: DownloadRequest,
-                       on_progress: ProgressCallback | None = None) -> TaskFile:
+                       on_progress: ProgressCallback | None = None, *,
+                       pacer: Pacer | None = None,
+                       output: OutputFile | None = None) -> TaskFile:
         """The complete task for ``request``, downloading it if need be.
+
+        ``pacer`` limits this download (e.g. a LocalBucket for dfget
+        --limit), in front of the Downloader's own pacer; a caller that
+        joins a download already running gets that download's pacing, not
+        its own. ``output`` is written while the pieces arrive; on success
+        the caller completes it with ``output.finish(task)``, on failure it
+        is abandoned here (nothing appears at its path).
 
         Raises OriginError, SupernodeError, IntegrityError, NotEnoughSpace,
         ClosedByUs (the request's timeout, or aclose), StoreError.
@@ -109,7 +129,7 @@ class Downloader:
                     n, count = local.meta.length, local.layout.count
                     on_progress(Progress(task_id, n, n, count, count, state="complete"))
                 return local
-            job = Job(request, Progress(task_id))
+            job = Job(request, Progress(task_id), pacer=pacer)
             self._jobs[task_id] = job
             job.runner = asyncio.create_task(self._run(job), name=f"download {task_id.hex[:12]}")
             job.runner.add_done_callback(lambda t, job=job: self._job_ended(job, t))
@@ -119,6 +139,9 @@ class Downloader:
         if on_progress is not None:
             job.callbacks.append(on_progress)
             on_progress(job.progress.copy())
+        if output is not None:
+            job.outputs.append(output)
+        ok = False
         try:
             try:
                 async with asyncio.timeout(request.timeout):
@@ -137,11 +160,16 @@ class Downloader:
             task = self.store.open(job.store_id)
             if job.reservation is not None:  # the first caller holds the output's space
                 task.reservation, job.reservation = job.reservation, None
+            ok = True
             return task
         finally:
             job.waiters -= 1
             if on_progress is not None and on_progress in job.callbacks:
                 job.callbacks.remove(on_progress)
+            if output is not None:
+                job.outputs.remove(output)
+                if not ok:
+                    self._abandon(job, output)
             if job.waiters == 0:
                 if not job.runner.done():
                     job.runner.cancel()  # nobody wants it any more
@@ -192,9 +220,18 @@ class Downloader:
         self._pool.close()
         if self._own_session and self._session is not None:
             await self._session.close()
-        self._disk.shutdown(wait=True)
+        self._threads_closed = True
+        for executor in (self._disk, self._hasher, self._export):
+            executor.shutdown(wait=True)
 
     # -- internals
+
+    def _abandon(self, job: Job, output: OutputFile) -> None:
+        """Abort ``output`` behind the export jobs that may still write into it."""
+        if job.runner.done() or self._threads_closed:
+            output.abort()  # the job quiesced the threads before it ended
+        else:
+            self._export.submit(output.abort)
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -202,22 +239,25 @@ class Downloader:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
-    def _context(self) -> Context:
+    def _context(self, job: Job) -> Context:
         def registered(store_id: TaskId, node: str | None) -> None:
             if node is not None:
                 self._nodes[store_id] = node
                 if self._heartbeat is None:
                     self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
 
+        pacer = self.pacer if job.pacer is None else Chain(job.pacer, self.pacer)
         return Context(self.store, self.supernodes, self.peer, self._get_session(), self._pool,
-                       self._disk, self.stats, parallel=self.parallel, pacer=self.pacer,
+                       self._disk, self._hasher, self._export, self.stats,
+                       parallel=self.parallel, pacer=pacer,
                        piece_timeout=self.piece_timeout, min_rate=self.min_rate,
                        receive=self.receive,
                        rpc_timeout=self.rpc_timeout,
-                       origin_read_timeout=self.origin_read_timeout, on_registered=registered)
+                       origin_read_timeout=self.origin_read_timeout, on_registered=registered,
+                       bounce=self._bounce)
 
     async def _run(self, job: Job) -> None:
-        request, ctx = job.request, self._context()
+        request, ctx = job.request, self._context(job)
         trusted: dict[str, str] = {}
         cdn_sha256 = None
         corrupt = False

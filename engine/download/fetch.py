@@ -7,6 +7,10 @@ or the bounce buffer of a FileSink (engine.download.response decides which
 buffer, engine.download.sinks what kind). The kernel therefore copies
 socket bytes once, into the page cache, and no bytes object is ever built.
 
+Flow control: a FileSink whose buffers are all on their way to the disk
+says so (``starved``); the connection then pauses reading, and the bytes
+wait in the socket (TCP slows the sender) until a buffer comes back.
+
 Connections are kept alive and pooled per source address; a connection goes
 back to the pool only after a complete response that allowed keep-alive.
 A pooled connection the peer has meanwhile closed fails before a single
@@ -84,6 +88,15 @@ class PieceConnection(asyncio.BufferedProtocol):
             self._response = None
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(response)
+        elif response.starved and self.transport is not None:
+            # The disk is behind: leave the bytes in the socket (TCP slows
+            # the sender down) until the sink has a buffer again.
+            self.transport.pause_reading()
+            response.on_room(self._resume)
+
+    def _resume(self) -> None:
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self._fail(BrokenByPeer("the peer closed the connection"))

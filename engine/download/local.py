@@ -1,19 +1,22 @@
 """The downloader's side of the piece store: open or create, commit, finish.
 
-Every call that hashes or syncs (commit_piece, finish, a whole-file digest)
-runs on the downloader's single "disk" thread, never on the event loop.
-One thread, not several: TaskFile mutates its meta on each commit and is not
-thread-safe, and one sha256 thread already keeps up with a 10 Gbit/s link.
-sha256 releases the GIL, so the loop keeps moving bytes meanwhile.
+Every call that hashes, writes or syncs (a FileSink's buffers, commit_piece,
+finish, a whole-file digest) runs on the downloader's single "disk" thread,
+never on the event loop. One thread, not several: TaskFile mutates its meta
+on each commit and is not thread-safe, and the order of the jobs on that
+thread is what makes streamed verification correct (engine.download.sinks).
+sha256 and pwrite release the GIL, so the loop keeps moving bytes meanwhile.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import mmap
 import os
 
+from engine.download.sinks import WRITE_CHUNK, FileSink
 from engine.errors import IntegrityError, StoreError, TaskNotFound, from_oserror
+from engine.fileops import file_digest
 from engine.meta import TaskMeta
 from engine.pieces import PieceLayout
 from engine.store import PieceStore, TaskFile
@@ -85,25 +88,39 @@ def commit(task: TaskFile, index: int, sha256: str) -> bool:
         task.release(index)
 
 
-def file_digest(fd: int, length: int, algorithm: str, chunk: int = 4 << 20) -> str:
-    """Digest of the first ``length`` bytes of ``fd`` read with pread (no mmap:
-    hashing the mapping would fault the whole file into RSS)."""
-    h = hashlib.new(algorithm)
-    buf = bytearray(min(chunk, max(length, 1)))
-    view = memoryview(buf)
-    offset = 0
+def verify_streamed(task: TaskFile, index: int, sha256: str, sink: FileSink,
+                    actual: str) -> bool:
+    """Publish piece ``index`` if the bytes ``sink`` wrote hash to ``sha256``.
+
+    ``actual`` is the sink's digest once every buffer was hashed. Runs on the
+    disk thread, queued behind the sink's writes (engine.download.sinks):
+    they are all done, and the digest covers exactly the bytes in the file,
+    so nothing is read back. Raises IntegrityError on a mismatch, the
+    write's error (StoreError, NotEnoughSpace) if one failed.
+    """
+    if sink.error is not None:
+        raise from_oserror(sink.error, "writing a piece") from sink.error
+    if actual != sha256:
+        raise IntegrityError(f"piece {index} of {task.task_id} does not match its sha256")
+    published = task.publish_piece(index, sha256)
+    sink.exported(index)
+    return published
+
+
+def install(task: TaskFile, index: int, data: mmap.mmap, sha256: str) -> bool:
+    """Write piece ``index`` from ``data`` (bytes already verified against
+    ``sha256``, engine.download.piece.race) and publish it. Runs on the disk
+    thread, after every write of an earlier attempt at the piece."""
+    r = task.layout.range(index)
     try:
-        while offset < length:
-            n = os.preadv(fd, [view[:min(chunk, length - offset)]], offset)
-            if n == 0:
-                raise StoreError("task data ended early while hashing")
-            h.update(view[:n])
-            offset += n
+        with memoryview(data)[:r.length] as view:
+            at = 0
+            while at < r.length:
+                with view[at:at + WRITE_CHUNK] as chunk:
+                    at += os.pwrite(task.fd, chunk, r.start + at)
     except OSError as exc:
-        raise from_oserror(exc, "reading task data") from exc
-    finally:
-        view.release()
-    return h.hexdigest()
+        raise from_oserror(exc, "writing a piece") from exc
+    return task.publish_piece(index, sha256)
 
 
 def finish_verified(task: TaskFile, expected: Digest | None, trusted: dict[str, str],

@@ -1,16 +1,27 @@
 """The P2P path: register, then schedule rounds until the supernode says done.
 
-Each round reports the results since the last one (batched, never one call
-per piece) and asks for as many pieces as there are free fetch slots. The
-supernode answers with an action:
+The schedule call is never on a piece's critical path. One coroutine keeps
+``parallel`` fetches running; when one of them has received half its piece
+(engine.download.piece.NEAR_DONE) a schedule call goes out in the
+background for its successor, so that when the fetch ends the next piece
+starts at once. Every call reports the results since the last one
+(batched, never one call per piece). At most one call is in flight; results
+and requests that come up meanwhile ride on the next one. The supernode
+answers with an action:
 
-- ``assign``: start one fetch per assignment, each from the source the
-  scheduler chose (it picks different sources for one request), then wait
-  for the first fetch to end before the next round;
-- ``wait``: nothing to fetch now; wait ``wait_ms`` (a server hint) or for a
-  running fetch to end, whichever is first;
+- ``assign``: queue the assignments, each from the source the scheduler
+  chose (it picks different sources for one request);
+- ``wait``: nothing to fetch now; ask again after ``wait_ms`` (a server
+  hint), or as soon as a fetch ends and there is a result to report;
 - ``done``: this peer holds every piece;
 - ``back_to_source`` / ``fail``: hand back to the caller.
+
+Endgame. Near the end the scheduler may name a second source for a piece
+whose attempt has run for a while (a stalled or slow source). That second
+attempt races the first into a private buffer (engine.download.piece.race);
+whichever delivers verified bytes first wins, the other is cancelled. Any
+further assignment of a piece already being fetched waits for the outcome
+and is answered with it.
 
 A failed fetch is only reported (reason failed, refused, timeout or
 corrupt); the scheduler decides whether and where to retry. The task is
@@ -25,23 +36,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
-from functools import partial
 
+from engine.download import piece
 from engine.download.context import Context, Job
-from engine.download.fetch import fetch_piece
-from engine.download.local import commit, open_or_create
-from engine.download.sinks import FileSink, MemorySink
+from engine.download.local import install, open_or_create
 from engine.download.supernodes import SupernodeLink
-from engine.errors import BadInput, IntegrityError, OriginError, SupernodeError
+from engine.errors import IntegrityError, OriginError, SupernodeError
 from engine.messages import (Assignment, PieceResult, RegisterRequest, ScheduleRequest,
                              ScheduleResponse, TaskView)
 from engine.pieces import PieceLayout
-from engine.store import TaskFile
 
 log = logging.getLogger(__name__)
 MIN_WAIT = 0.01  # seconds; a floor under server hints so a 0 never spins
 META_SAVE_INTERVAL = 2.0  # seconds between saves of a partial task's piece digests
+# Endgame races running at once: each holds a piece-sized buffer.
+MAX_RACES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,146 +73,211 @@ async def download_p2p(ctx: Context, job: Job) -> P2PEnd:
             request.filter_params))
         ctx.on_registered(view.task_id, link.current)
         job.set_state("downloading")
-        return await _rounds(ctx, job, link, view)
+        return await _Rounds(ctx, job, link).run(view)
     finally:
         ctx.stats.supernode_failovers += link.failovers
 
 
-async def _rounds(ctx: Context, job: Job, link: SupernodeLink, view: TaskView) -> P2PEnd:
-    peer_id = ctx.peer.peer_id
-    inflight: dict[asyncio.Task, Assignment] = {}
-    deferred: dict[int, list[Assignment]] = {}  # the same piece assigned again while in flight
-    results: list[PieceResult] = []
-    saved_at = time.monotonic()
-    try:
-        while True:
-            if job.task is not None and job.task.task_id != view.task_id:
-                # A failover landed on a supernode that names the file differently
-                # (another version): its pieces are another store entry.
-                await _cancel(inflight)
-                await ctx.quiesce()
-                deferred.clear()
-                results.clear()
-                job.drop_task()
-            _ensure_task(ctx, job, view)
-            if job.task is not None and job.task.complete:
-                return P2PEnd("done", view)  # this host already holds that version
-            before = link.current
-            response = await link.schedule(ScheduleRequest(
-                view.task_id, peer_id, tuple(results), max(0, ctx.parallel - len(inflight))))
-            results = []
-            view = response.task
-            if link.current != before:
-                ctx.on_registered(view.task_id, link.current)
-            if job.task is not None and job.task.task_id != view.task_id:
-                continue
-            _ensure_task(ctx, job, view)
-            action = response.action
-            if action == "fail":
-                raise _failure(view, response.message)
-            if action == "back_to_source":
-                return P2PEnd(action, view, response.message)
-            if action == "done":
-                if job.task is None or not job.task.bitmap.complete():
-                    raise SupernodeError(f"supernode {link.current} says done, but this peer "
-                                         f"lacks pieces of {view.task_id}")
-                return P2PEnd(action, view, response.message)
-            if action == "assign":
-                _start(ctx, job, response, inflight, deferred, results)
-            timeout = None if action == "assign" else max(response.wait_ms / 1000, MIN_WAIT)
-            if inflight:
-                finished, _ = await asyncio.wait(inflight, timeout=timeout,
+class _Rounds:
+    """The schedule loop of one download (see the module docstring)."""
+
+    def __init__(self, ctx: Context, job: Job, link: SupernodeLink) -> None:
+        self.ctx, self.job, self.link = ctx, job, link
+        self.inflight: dict[asyncio.Future, Assignment] = {}  # fetches, by task
+        self.ready: deque[Assignment] = deque()        # assigned, waiting for a fetch slot
+        self.near: set[int] = set()                    # pieces of fetches past NEAR_DONE
+        self.races: dict[asyncio.Future, Assignment] = {}  # endgame second sources
+        self.deferred: dict[int, list[Assignment]] = {}    # assigned again meanwhile
+        self.results: list[PieceResult] = []
+        self.rpc: asyncio.Future | None = None
+        self._asked_at: str | None = None  # the supernode the call went to
+        self.quiet_until = 0.0  # after a "wait": no asking before then (results still go)
+        self.wake = asyncio.get_running_loop().create_future()  # a fetch got near done
+
+    async def run(self, view: TaskView) -> P2PEnd:
+        ctx, job = self.ctx, self.job
+        saved_at = time.monotonic()
+        try:
+            while True:
+                if job.task is not None and job.task.task_id != view.task_id:
+                    # A failover landed on a supernode that names the file differently
+                    # (another version): its pieces are another store entry.
+                    await self._cancel_all()
+                    await ctx.quiesce()
+                    job.drop_task()
+                _ensure_task(ctx, job, view)
+                if job.task is not None and job.task.complete:
+                    return P2PEnd("done", view)  # this host already holds that version
+                self._start_ready()
+                want = self._ask(view)
+                if self.wake.done():
+                    self.wake = asyncio.get_running_loop().create_future()
+                waiting = {*self.inflight, *self.races, self.wake}
+                if self.rpc is not None:
+                    waiting.add(self.rpc)
+                timeout = (max(self.quiet_until - time.monotonic(), MIN_WAIT)
+                           if self.rpc is None and want else None)
+                finished, _ = await asyncio.wait(waiting, timeout=timeout,
                                                  return_when=asyncio.FIRST_COMPLETED)
                 for fut in finished:
-                    assignment = inflight.pop(fut)
-                    result = fut.result()
-                    results.append(result)
-                    for dup in deferred.pop(assignment.piece, ()):
-                        results.append(PieceResult(dup.piece, dup.source, True, 0, 0)
-                                       if result.ok else
-                                       PieceResult(dup.piece, dup.source, False, reason="refused"))
+                    if fut in self.inflight:
+                        await self._fetched(fut)
+                for fut in finished:
+                    if fut in self.races:
+                        await self._raced(fut)
                 if time.monotonic() - saved_at >= META_SAVE_INTERVAL and job.task is not None:
                     # Verified pieces survive a crash only if their digests are on disk.
                     await ctx.on_disk(job.task.save_meta)
                     saved_at = time.monotonic()
-            elif not results:
-                await asyncio.sleep(timeout if timeout is not None else MIN_WAIT)
-    finally:
-        await _cancel(inflight)
+                if self.rpc is not None and self.rpc in finished:
+                    view, end = self._answered(view)
+                    if end is not None:
+                        return end
+        finally:
+            await self._cancel_all()
 
+    def _start_ready(self) -> None:
+        while self.ready and len(self.inflight) < self.ctx.parallel:
+            a = self.ready.popleft()
+            fut = asyncio.ensure_future(piece.fetch(self.ctx, self.job, self.job.task, a,
+                                                    self._nudge))
+            self.inflight[fut] = a
 
-async def _cancel(inflight: dict[asyncio.Task, Assignment]) -> None:
-    for fut in inflight:
-        fut.cancel()
-    await asyncio.gather(*inflight, return_exceptions=True)
-    inflight.clear()
+    def _nudge(self, index: int) -> None:
+        self.near.add(index)
+        if not self.wake.done():
+            self.wake.set_result(None)
 
+    def _ask(self, view: TaskView) -> int:
+        """Send a schedule call if none is out and there is something to say."""
+        want = max(0, self.ctx.parallel + len(self.near) - len(self.inflight) - len(self.ready))
+        if self.rpc is None and (self.results or (want and time.monotonic() >= self.quiet_until)):
+            self.rpc = asyncio.ensure_future(self.link.schedule(ScheduleRequest(
+                view.task_id, self.ctx.peer.peer_id, tuple(self.results), want)))
+            self._asked_at, self.results = self.link.current, []
+        return want
 
-def _start(ctx: Context, job: Job, response: ScheduleResponse,
-           inflight: dict[asyncio.Task, Assignment], deferred: dict[int, list[Assignment]],
-           results: list[PieceResult]) -> None:
-    task = job.task
-    if task is None:
-        raise SupernodeError("supernode assigned pieces before telling the file's length")
-    running = {a.piece for a in inflight.values()}
-    for a in response.assignments:
-        if a.piece in running:
-            deferred.setdefault(a.piece, []).append(a)
-        elif task.has(a.piece):
-            results.append(PieceResult(a.piece, a.source, True, 0, 0))
+    def _answered(self, view: TaskView) -> tuple[TaskView, P2PEnd | None]:
+        response, self.rpc = self.rpc.result(), None
+        view, job, link = response.task, self.job, self.link
+        if link.current != self._asked_at:
+            self.ctx.on_registered(view.task_id, link.current)
+        if job.task is not None and job.task.task_id != view.task_id:
+            return view, None  # another version: the loop starts over
+        _ensure_task(self.ctx, job, view)
+        action = response.action
+        if action == "fail":
+            raise _failure(view, response.message)
+        if action == "back_to_source":
+            return view, P2PEnd(action, view, response.message)
+        if action == "done":
+            if job.task is None or not job.task.bitmap.complete():
+                raise SupernodeError(f"supernode {link.current} says done, but this peer "
+                                     f"lacks pieces of {view.task_id}")
+            return view, P2PEnd(action, view, response.message)
+        if action == "assign":
+            self._accept(response)
         else:
-            running.add(a.piece)
-            inflight[asyncio.ensure_future(_fetch(ctx, job, task, a))] = a
+            self.quiet_until = time.monotonic() + max(response.wait_ms / 1000, MIN_WAIT)
+        return view, None
+
+    def _accept(self, response: ScheduleResponse) -> None:
+        """Queue new assignments. A second source for a running piece (endgame)
+        races it; for a queued piece, or past MAX_RACES, it waits for that one."""
+        task = self.job.task
+        if task is None:
+            raise SupernodeError("supernode assigned pieces before telling the file's length")
+        running = {a.piece: a.source for a in self.inflight.values()}
+        taken = {*running, *(a.piece for a in self.ready), *(a.piece for a in self.races.values())}
+        for a in response.assignments:
+            if (a.piece in running and running[a.piece] != a.source
+                    and self._race_for(a.piece) is None and len(self.races) < MAX_RACES):
+                self.races[asyncio.ensure_future(piece.race(self.ctx, task, a))] = a
+            elif a.piece in taken:
+                self.deferred.setdefault(a.piece, []).append(a)
+            elif task.has(a.piece):
+                self.results.append(PieceResult(a.piece, a.source, True, 0, 0))
+            else:
+                taken.add(a.piece)
+                self.ready.append(a)
+
+    async def _fetched(self, fut: asyncio.Future) -> None:
+        a = self.inflight.pop(fut)
+        self.near.discard(a.piece)
+        result = fut.result()
+        self.results.append(result)
+        if result.ok:
+            race = self._race_for(a.piece)
+            if race is not None:  # the first attempt won after all
+                loser = self.races.pop(race)
+                await _cancel_races({race: loser})
+                self.results.append(PieceResult(loser.piece, loser.source, True, 0, 0))
+        self._settle_deferred(a.piece, result.ok)
+
+    async def _raced(self, fut: asyncio.Future) -> None:
+        a = self.races.pop(fut)
+        result, buf = fut.result()
+        if buf is None:
+            self.results.append(result)
+            self._settle_deferred(a.piece, False)
+            return
+        try:
+            first = next((f for f, b in self.inflight.items() if b.piece == a.piece), None)
+            if first is not None:  # the stalled attempt loses: stop it, then write ours
+                slow = self.inflight.pop(first)
+                self.near.discard(a.piece)
+                await _cancel({first: slow})
+                self.results.append(piece.failed(self.ctx, slow, "timeout", 0,
+                                                 "a second source delivered first"))
+            await self.ctx.on_disk(install, self.job.task, a.piece, buf, a.sha256)
+        finally:
+            piece.drop(buf)
+        self.results.append(piece.delivered(self.ctx, self.job, a, result.nbytes,
+                                            result.millis))
+        self._settle_deferred(a.piece, True)
+
+    def _race_for(self, index: int) -> asyncio.Future | None:
+        return next((f for f, a in self.races.items() if a.piece == index), None)
+
+    def _running(self, index: int) -> bool:
+        return any(a.piece == index for a in self.inflight.values())
+
+    def _settle_deferred(self, index: int, ok: bool) -> None:
+        """Answer for the extra assignments of a piece once its outcome is known."""
+        if not ok and (self._running(index) or self._race_for(index) is not None):
+            return  # another attempt at it is still going
+        for dup in self.deferred.pop(index, ()):
+            self.results.append(PieceResult(dup.piece, dup.source, True, 0, 0) if ok else
+                                PieceResult(dup.piece, dup.source, False, reason="refused"))
+
+    async def _cancel_all(self) -> None:
+        if self.rpc is not None:
+            self.rpc.cancel()
+            await asyncio.gather(self.rpc, return_exceptions=True)
+            self.rpc = None
+        await _cancel(self.inflight)
+        await _cancel_races(self.races)
+        self.ready.clear()
+        self.near.clear()
+        self.deferred.clear()
+        self.results.clear()
 
 
-async def _fetch(ctx: Context, job: Job, task: TaskFile, a: Assignment) -> PieceResult:
-    """One piece from one source into the mmap, verified; never raises a RemoteError."""
-    try:
-        size = task.layout.size_of(a.piece)
-    except BadInput:
-        size = -1
-    if size != a.size:
-        return _failed(ctx, a, "failed", 0, f"piece {a.piece} has {size} bytes, told {a.size}")
-    if ctx.pacer is not None and size:
-        await ctx.pacer.acquire(size)
-    if ctx.receive == "pwrite":
-        make_sink = partial(FileSink, task.fd, task.layout.range(a.piece).start, size)
-    else:
-        make_sink = partial(_mmap_sink, task, a.piece)
-    timeout = ctx.piece_timeout + size / ctx.min_rate  # a 64 MiB piece on a slow link
-    fetched = await fetch_piece(ctx.pool, task.task_id, a, make_sink, timeout)
-    if fetched.reason is not None:
-        return _failed(ctx, a, fetched.reason, fetched.millis, fetched.detail)
-    try:
-        await ctx.on_disk(commit, task, a.piece, a.sha256)
-    except IntegrityError:
-        return _failed(ctx, a, "corrupt", fetched.millis, "digest mismatch")
-    stats = ctx.stats
-    if a.is_cdn:
-        stats.bytes_from_cdn += size
-        stats.pieces_from_cdn += 1
-    else:
-        stats.bytes_from_peers += size
-        stats.pieces_from_peers += 1
-    job.piece_done(size, "cdn" if a.is_cdn else "peers")
-    return PieceResult(a.piece, a.source, True, size, fetched.millis)
+async def _cancel(fetches: dict[asyncio.Future, Assignment]) -> None:
+    for fut in fetches:
+        fut.cancel()
+    await asyncio.gather(*fetches, return_exceptions=True)
+    fetches.clear()
 
 
-def _mmap_sink(task: TaskFile, piece: int) -> MemorySink:
-    return MemorySink(task.view(piece))
-
-
-def _failed(ctx: Context, a: Assignment, reason: str, millis: int, detail: str) -> PieceResult:
-    stats = ctx.stats
-    stats.pieces_failed += 1
-    if reason == "corrupt":
-        stats.pieces_corrupt += 1
-    elif reason == "refused":
-        stats.pieces_refused += 1
-    elif reason == "timeout":
-        stats.pieces_timeout += 1
-    log.info("piece %d from %s (%s): %s, %s", a.piece, a.source, a.addr, reason, detail)
-    return PieceResult(a.piece, a.source, False, 0, millis, reason)
+async def _cancel_races(races: dict[asyncio.Future, Assignment]) -> None:
+    """Cancel races; one that had already won gives its buffer back."""
+    for fut in races:
+        fut.cancel()
+    for outcome in await asyncio.gather(*races, return_exceptions=True):
+        if isinstance(outcome, tuple) and outcome[1] is not None:
+            piece.drop(outcome[1])
+    races.clear()
 
 
 def _ensure_task(ctx: Context, job: Job, view: TaskView) -> None:

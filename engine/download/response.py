@@ -76,6 +76,15 @@ class PieceResponse:
     def body_bytes(self) -> int:
         return self._offset
 
+    @property
+    def starved(self) -> bool:
+        """True when the sink wants no more bytes for now: stop reading the
+        socket and resume once ``on_room`` calls back."""
+        return self.state == "body" and self._sink.starved
+
+    def on_room(self, callback) -> None:
+        self._sink.on_room(callback)
+
     def get_buffer(self) -> memoryview:
         """Where the next received bytes go; never empty while not done."""
         if self.state == "head":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
+import urllib.request
 
 import orjson
 import pytest
@@ -100,6 +102,33 @@ def test_concurrent_requests_on_one_host_join_one_download(swarm):
     done = orjson.loads(r.stdout.splitlines()[-1])
     assert r.returncode == 0 and sha256_file(again) == hashlib.sha256(data).hexdigest()
     assert done["from_peers"] == done["from_cdn"] == done["from_origin"] == 0
+
+
+def _members(services) -> int:
+    """Peers (and CDNs) taking part in tasks at the supernode, from /metrics."""
+    with urllib.request.urlopen(services.supernode_url + "/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("damselfly_supernode_scheduler_members "):
+                return int(line.split()[1])
+    raise AssertionError("no member count in /metrics")
+
+
+def test_a_limited_download_keeps_its_rate_and_the_host_keeps_serving(swarm):
+    """``--limit`` paces that one download from its first byte (a lower bound
+    on the time, not a speed test), and the host still serves the task
+    afterwards: the supernode still counts it in (CDN and host joined)."""
+    services, daemons, root = swarm
+    data = os.urandom(3 * PIECE)
+    url = services.add("limited", data)
+    out = os.path.join(root, "limited-out")
+    members = _members(services)
+    started = time.monotonic()
+    r = dfget(daemons[1].data_dir, url, out, "--limit", "2M")
+    elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert sha256_file(out) == hashlib.sha256(data).hexdigest()
+    assert elapsed >= len(data) / (2 * PIECE), elapsed
+    assert _members(services) == members + 2
 
 
 def test_non_ascii_output_path_relative_to_the_cwd(swarm):

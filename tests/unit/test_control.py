@@ -72,6 +72,18 @@ def test_local_bucket_reserve_uses_the_injected_clock():
     assert bucket.reserve(MIB) == clock.now
 
 
+def test_an_empty_local_bucket_grants_nothing_ahead_of_its_rate():
+    """A per-download limit starts empty: no burst, n bytes are due n/rate
+    after the start, whatever the order of the requests."""
+    clock = FakeClock()
+    start = clock.now
+    bucket = LocalBucket(rate=MIB, clock=clock, full=False)
+    assert bucket.reserve(MIB // 2) == start + NS // 2
+    assert bucket.reserve(MIB // 2) == start + NS
+    clock.now += 5 * NS  # idle: it refills, but only up to the burst
+    assert bucket.reserve(bucket.burst) == clock.now
+
+
 def test_unlimited_bucket_never_waits():
     clock = FakeClock()
     bucket = LocalBucket(rate=0, clock=clock)

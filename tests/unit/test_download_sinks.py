@@ -1,0 +1,94 @@
+"""FileSink with its threads: writes, hash and output copies leave the event
+loop, in order, and a sink out of buffers makes the reader pause."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from engine.download.local import verify_streamed
+from engine.download.output import OutputFile
+from engine.download.response import PieceResponse
+from engine.download.sinks import BouncePool, FileSink
+from engine.meta import TaskMeta
+from engine.pieces import PieceLayout
+from engine.store import PieceStore
+from engine.types import TaskId
+from tests.helpers import run
+
+PIECE = 64 << 10
+FIRST, BODY = os.urandom(PIECE), os.urandom(PIECE)  # piece 0 is held, piece 1 arrives
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % PIECE
+
+
+async def _receive(response: PieceResponse, wire: bytes, step: int) -> int:
+    """Deliver ``wire`` ``step`` bytes at a time, pausing as the transport
+    does while the sink is starved. Returns how many pauses there were."""
+    pauses, used = 0, 0
+    while used < len(wire) and not response.done:
+        if response.starved:
+            pauses += 1
+            room = asyncio.get_running_loop().create_future()
+            response.on_room(partial(_set, room))
+            await room
+        with response.get_buffer() as buf:
+            n = min(len(buf), step, len(wire) - used)
+            buf[:n] = wire[used:used + n]
+        response.received(n)
+        used += n
+    return pauses
+
+
+def test_threaded_sink_writes_hashes_and_exports_in_order(tmp_path):
+    store = PieceStore(str(tmp_path / "store"))
+    layout = PieceLayout(2 * PIECE, PIECE)
+    task = store.create(TaskMeta.new(TaskId.of("sink-test"), "http://o/f", layout))
+    task.write_piece(0, FIRST)
+    task.commit_piece(0, hashlib.sha256(FIRST).hexdigest())
+    output = OutputFile(str(tmp_path / "out"))
+    disk, hasher, exporter = (ThreadPoolExecutor(1) for _ in range(3))
+    near: list[int] = []
+
+    async def main():
+        sink = FileSink(task.fd, PIECE, PIECE, 4096, writer=disk, hasher=hasher,
+                        exporter=exporter, pool=BouncePool(4096), depth=1, outputs=(output,),
+                        near=(PIECE // 2, lambda: near.append(1)))
+        response = PieceResponse(sink)
+        pauses = await _receive(response, HEAD + BODY, 3000)
+        assert response.ok
+        response.release()
+        loop = asyncio.get_running_loop()
+        actual = await loop.run_in_executor(hasher, sink.sha256)  # queued after every hash
+        # Queued after every write; marks the piece in the output after its writes.
+        await loop.run_in_executor(disk, verify_streamed, task, 1, sha(BODY), sink, actual)
+        await loop.run_in_executor(exporter, lambda: None)
+        return pauses
+
+    try:
+        pauses = run(main())
+        assert pauses > 0, "one buffer out at a time: the reader must have waited"
+        assert near == [1]
+        assert task.has(1) and os.pread(task.fd, PIECE, PIECE) == BODY
+        assert output.streamed == PIECE  # piece 1 only: piece 0 is copied at the end
+        task.finish(sha(FIRST + BODY))
+        # Piece 1 was marked exported: finish must not copy it again (if it
+        # did, these zeros would show in the output).
+        os.pwrite(task.fd, bytes(PIECE), PIECE)
+        output.finish(task)
+        assert (tmp_path / "out").read_bytes() == FIRST + BODY
+    finally:
+        for pool in (disk, hasher, exporter):
+            pool.shutdown()
+        task.close()
+
+
+def _set(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
