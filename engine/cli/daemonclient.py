@@ -85,7 +85,7 @@ def start_daemon(data_dir: str, socket_path: str, daemon_args: list[str],
     finally:
         os.close(w)
     try:
-        line = _read_line(r, time.monotonic() + timeout)
+        line = read_line(r, time.monotonic() + timeout)
     finally:
         os.close(r)
     if line:
@@ -98,7 +98,7 @@ def start_daemon(data_dir: str, socket_path: str, daemon_args: list[str],
     raise DaemonUnavailable(f"dfdaemon did not start (exit status {code}); see {log_path}")
 
 
-def _read_line(fd: int, deadline: float) -> bytes:
+def read_line(fd: int, deadline: float) -> bytes:
     """Bytes up to the first newline, or b"" at EOF or the deadline."""
     buf = b""
     while b"\n" not in buf:

@@ -31,7 +31,7 @@ import time
 
 import orjson
 
-from engine.cli.daemonclient import connect, converse
+from engine.cli.daemonclient import connect, converse, read_line
 from tests.integration.origin import Origin
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,7 +133,7 @@ class Daemon:
                 start_new_session=True)
         os.close(w)
         try:
-            line = read_line(r, READY_TIMEOUT)
+            line = read_line(r, time.monotonic() + READY_TIMEOUT)
         finally:
             os.close(r)
         if not line:
@@ -168,19 +168,6 @@ class Daemon:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the group
         self.proc.wait()
-
-
-def read_line(fd: int, timeout: float) -> bytes:
-    deadline, buf = time.monotonic() + timeout, b""
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return b""
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b""
-        buf += chunk
-    return buf.split(b"\n", 1)[0]
 
 
 def dfget_cmd(data_dir: str, url: str, output: str, *args: str) -> list[str]:
