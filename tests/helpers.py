@@ -9,6 +9,8 @@ Tests are plain functions calling ``run``; no asyncio plugin is needed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 import uvloop
 
@@ -41,3 +43,14 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"required under CI: {reason}")
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def dead_port():
+    """host:port of a bound loopback socket that never listens: refused at once."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()

@@ -1,9 +1,8 @@
-"""Shared pieces of the downloader integration tests: peers, a dead port, checks.
+"""Shared pieces of the downloader integration tests: peers and checks.
 
 ``swarm(dir, node, n)`` runs n peers in the current event loop, each with its
 own PieceStore, UploadServer and Downloader registered with the supernode
-``node``; ``dead_port()`` is a loopback address that refuses connections at
-once (a bound socket that never listens), for "the supernode is down".
+``node``. For "the supernode is down" use ``tests.helpers.dead_port``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import contextlib
 import hashlib
 import itertools
 import os
-import socket
 from dataclasses import dataclass
 
 from engine.download import Downloader, DownloadRequest
@@ -30,17 +28,6 @@ class Peer:
     store: PieceStore
     upload: UploadServer
     downloader: Downloader
-
-
-@contextlib.contextmanager
-def dead_port():
-    """A loopback ``host:port`` that refuses connections while the block runs."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 @contextlib.asynccontextmanager

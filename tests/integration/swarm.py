@@ -22,7 +22,6 @@ import hashlib
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -103,17 +102,6 @@ class Services:
                 self.supernode_url = node.url
             started.set_result(None)
             await self._stop.wait()
-
-
-@contextlib.contextmanager
-def dead_port():
-    """host:port of a bound loopback socket that never listens: refused at once."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        sock.close()
 
 
 class Daemon:

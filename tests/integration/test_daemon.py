@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError, IntegrityError, SupernodeError
-from tests.integration.swarm import (READY_TIMEOUT, REPO, Daemon, Services, dead_port, dfget,
+from tests.helpers import dead_port
+from tests.integration.swarm import (READY_TIMEOUT, REPO, Daemon, Services, dfget,
                                      dfget_cmd, sha256_file, short_tempdir, wait_pid_gone)
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from engine.errors import ClosedByUs, IntegrityError, OriginError, SupernodeErro
 from engine.messages import PeerInfo
 from engine.store import PieceStore
 from engine.types import Digest, PeerId
-from tests.helpers import run
-from tests.integration.dlharness import PIECE, check_task, dead_port
+from tests.helpers import dead_port, run
+from tests.integration.dlharness import PIECE, check_task
 from tests.integration.origin import Origin
 
 def _peer(name: str = "peer-a") -> PeerInfo:

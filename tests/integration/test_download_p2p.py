@@ -21,8 +21,8 @@ from engine.pieces import PieceLayout
 from engine.store import PieceStore
 from engine.types import PeerId
 from engine.upload import UploadServer
-from tests.helpers import run
-from tests.integration.dlharness import PIECE, Peer, dead_port, fetch_and_check, swarm
+from tests.helpers import dead_port, run
+from tests.integration.dlharness import PIECE, Peer, fetch_and_check, swarm
 from tests.integration.origin import Origin
 from tests.integration.snharness import supernode, until
 

@@ -31,15 +31,6 @@ PROCS = 4
 OPS = 20_000
 
 
-@pytest.fixture(params=["extension", "fallback"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "extension":
-        if native.extension is None:
-            skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
-        return native.extension
-    return native.fallback
-
-
 @pytest.fixture
 def shared_file(tmp_path: Path) -> Iterator[tuple[int, mmap.mmap]]:
     """An fd and a MAP_SHARED mmap of a zeroed 64 KiB file; both closed after."""

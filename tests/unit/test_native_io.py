@@ -30,15 +30,6 @@ BIG_SIZE = (2 << 30) + 3 * MiB + 123
 BIG_OFFSET = 4097  # not page-aligned
 
 
-@pytest.fixture(params=["extension", "fallback"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "extension":
-        if native.extension is None:
-            skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
-        return native.extension
-    return native.fallback
-
-
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A sparse file over 2 GiB and the sha256 of its bytes from BIG_OFFSET."""
