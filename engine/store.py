@@ -55,6 +55,20 @@ class TaskFile:
         self._mm = (mmap.mmap(fd, meta.length, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE) if meta.length else None)
         self.reservation: Reservation | None = None
+        self._direct: int | None = None
+
+    @property
+    def direct_fd(self) -> int:
+        """The data file opened again with O_DIRECT, for aligned writes that
+        should not pass through the page cache (engine.download.sinks); -1
+        where the filesystem refuses it. Opened on first use."""
+        if self._direct is None:
+            try:
+                self._direct = os.open(os.path.join(self.path, "data"),
+                                       os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:
+                self._direct = -1
+        return self._direct
 
     @property
     def task_id(self) -> TaskId:
@@ -194,6 +208,9 @@ class TaskFile:
             os.close(self._journal)
             os.close(self.fd)
             self.fd = -1
+            if self._direct is not None and self._direct >= 0:
+                os.close(self._direct)
+            self._direct = None
         if self.reservation is not None:
             self.reservation.release()
             self.reservation = None

@@ -49,7 +49,7 @@ async def fetch(ctx: Context, job: Job, task: TaskFile, a: Assignment,
         near = (int(size * NEAR_DONE), partial(nudge, a.piece)) if nudge is not None else None
 
         def make_sink() -> FileSink:
-            sinks.append(FileSink(task.fd, start, size, writer=ctx.disk, hasher=ctx.hasher,
+            sinks.append(FileSink(task.fd, start, size, direct=task.direct_fd, writer=ctx.disk, hasher=ctx.hasher,
                                   exporter=ctx.export, pool=ctx.bounce,
                                   outputs=tuple(job.outputs), near=near))
             return sinks[-1]

@@ -4,7 +4,9 @@ loop, in order, and a sink out of buffers makes the reader pause."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -12,7 +14,7 @@ from functools import partial
 from engine.download.local import verify_streamed
 from engine.download.output import OutputFile
 from engine.download.response import PieceResponse
-from engine.download.sinks import BouncePool, FileSink
+from engine.download.sinks import BouncePool, FileSink, _write
 from engine.meta import TaskMeta
 from engine.pieces import PieceLayout
 from engine.store import PieceStore
@@ -92,3 +94,79 @@ def _set(future: asyncio.Future) -> None:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _store_one_piece(tmp_path, length: int):
+    store = PieceStore(str(tmp_path / "store"))
+    return store.create(TaskMeta.new(TaskId.of(f"direct-{length}"), "http://o/f",
+                                      PieceLayout(length, PIECE)))
+
+
+def test_aligned_buffers_go_to_the_device_and_the_tail_is_buffered(tmp_path):
+    """A piece whose length is not a multiple of the block size: its aligned
+    buffers are written through the O_DIRECT descriptor, its tail through the
+    ordinary one, and every byte lands where it belongs."""
+    length = PIECE - 100
+    body = os.urandom(length)
+    task = _store_one_piece(tmp_path, length)
+    direct = task.direct_fd
+    assert direct >= 0, "ext4 and tmpfs on this kernel take O_DIRECT"
+    try:
+        async def main():
+            sink = FileSink(task.fd, 0, length, 4096, direct=direct, pool=BouncePool(4096))
+            response = PieceResponse(sink)
+            await _receive(response, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+                           + body, 5000)
+            assert response.ok
+            response.release()
+            return sink
+
+        sink = run(main())
+        assert sink.error is None
+        assert sink.direct == direct, "aligned buffers must not have fallen back"
+        resident = _resident_pages(task.fd, length)
+        assert not any(resident[:-1]), "aligned buffers went through the page cache"
+        assert resident[-1], "the buffered tail should be in the page cache"
+        assert os.pread(task.fd, length, 0) == body
+        assert sink.sha256() == sha(body)
+    finally:
+        task.close()
+
+
+def _resident_pages(fd: int, length: int) -> list[bool]:
+    """mincore(2) over a fresh mapping of the file: which pages are cached."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+    pages = -(-length // mmap.PAGESIZE)
+    vec = ctypes.create_string_buffer(pages)
+    mapping = mmap.mmap(fd, length)  # nothing is touched: mincore only looks
+    try:
+        anchor = ctypes.c_char.from_buffer(mapping)
+        rc = libc.mincore(ctypes.addressof(anchor), length, vec)
+        del anchor
+        assert rc == 0, os.strerror(ctypes.get_errno())
+    finally:
+        mapping.close()
+    return [bool(b & 1) for b in vec.raw]
+
+
+def test_an_unaligned_buffer_falls_back_to_buffered_writes(tmp_path):
+    """A buffer the device cannot take (its address is not block-aligned) is
+    refused with EINVAL: the sink stops trying O_DIRECT and writes it, and
+    every later one, through the page cache."""
+    task = _store_one_piece(tmp_path, PIECE)
+    direct = task.direct_fd
+    arena = mmap.mmap(-1, PIECE + 4096)
+    try:
+        sink = FileSink(task.fd, 0, PIECE, 4096, direct=direct)
+        arena[8:8 + PIECE] = BODY
+        with memoryview(arena)[8:8 + PIECE] as misaligned:
+            _write(sink, misaligned, 4096, 0)
+            assert sink.error is None and sink.direct == -1
+            _write(sink, misaligned[4096:], PIECE - 4096, 4096)
+        assert sink.error is None
+        assert os.pread(task.fd, PIECE, 0) == BODY
+    finally:
+        sink.close()
+        arena.close()
+        task.close()
