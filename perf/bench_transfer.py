@@ -1,13 +1,21 @@
 """Loopback transfer benchmark: dfget from one seeded peer vs curl from nginx.
 
-    python perf/bench_transfer.py [--size-gib 2] [--rss-large-gib 4] [--rss-small-mib 256]
+    python perf/bench_transfer.py [--size-gib 2] [--rounds 3] [--rss-large-gib 4]
+                                  [--rss-small-mib 256]
 
 What it measures, all on 127.0.0.1:
 
 1. throughput: one dfget pulling a ``--size-gib`` file on host B from host A,
    which already holds it (seeded through the CDN first), against curl
    pulling the same file from nginx (sendfile on). Wall seconds, MiB/s and
-   CPU seconds per GiB (dfdaemon B's processes + dfget; nginx + curl);
+   CPU seconds per GiB (dfdaemon B's processes + dfget; nginx + curl), for
+   ``--rounds`` interleaved runs of each (a fresh host B every round), then
+   their medians: one run of either tool varies by +-20 % on the VM. A
+   ``dfget --link`` row shows the same download with the output hard-linked
+   to the cache: the default writes every byte twice (cache and output, both
+   O_DIRECT), and on one virtual disk shared by both peers that second write
+   costs wall time curl never pays (its bytes are still dirty in the page
+   cache when it exits, while dfget's output is synced);
 2. memory: the peak RSS of a fresh dfdaemon (coordinator + workers, summed,
    sampled every 20 ms by a thread) while it downloads a ``--rss-small-mib``
    file and a ``--rss-large-gib`` file: the ratio shows whether memory grows
@@ -34,6 +42,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +54,7 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB, GIB = 1 << 20, 1 << 30
+TOOLS = ["dfget", "dfget --link", "curl"]
 NGINX_CONF = """
 daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 64; }}
@@ -218,12 +228,12 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def dfget(data: str, url: str, out: str) -> tuple[float, float, dict]:
+def dfget(data: str, url: str, out: str, *flags: str) -> tuple[float, float, dict]:
     """(wall seconds, dfget's own CPU seconds, done event)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "engine.cli.dfget", "--data-dir", data, url,
-                        "-o", out, "--json"], cwd=REPO, capture_output=True, text=True)
+                        "-o", out, "--json", *flags], cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
@@ -256,23 +266,36 @@ def bench(args, work: str) -> None:
         nginx_master = stack.procs[-1].pid
         supernode = start_supernode(stack, work)
         seed, _ = start_daemon(stack, work, "seed", supernode)
-        host, host_pid = start_daemon(stack, work, "host", supernode)
         print("seeding host A (through the CDN)", flush=True)
         dfget(seed, f"{origin}/big", os.path.join(work, "out-seed"))
         os.unlink(os.path.join(work, "out-seed"))
-        print("dfget on host B from host A", flush=True)
-        settle_memory(work, size)
-        daemon_cpu0 = cpu_seconds(tree(host_pid))
-        wall, own_cpu, done = dfget(host, f"{origin}/big", os.path.join(work, "out-p2p"))
-        p2p_cpu = own_cpu + cpu_seconds(tree(host_pid)) - daemon_cpu0
-        os.unlink(os.path.join(work, "out-p2p"))
-        print("curl from nginx", flush=True)
         nginx_procs = tree(nginx_master)
-        settle_memory(work, size)
-        nginx_cpu0 = cpu_seconds(nginx_procs)
-        c_wall, c_cpu = curl(f"{origin}/big", os.path.join(work, "out-curl"))
-        c_cpu += cpu_seconds(nginx_procs) - nginx_cpu0
-        os.unlink(os.path.join(work, "out-curl"))
+        rounds = []
+        for r in range(args.rounds):
+            # A fresh host B for each dfget (its cache would answer the second
+            # one with no network); the order rotates so that no tool always
+            # runs on the memory another just freed.
+            got = {}
+            for tool in TOOLS[r % 3:] + TOOLS[:r % 3]:
+                print(f"round {r + 1}/{args.rounds}: {tool}", flush=True)
+                if tool != "curl":
+                    host, host_pid = start_daemon(stack, work, f"host{r}{tool[-4:]}", supernode)
+                settle_memory(work, size)
+                if tool != "curl":
+                    cpu0 = cpu_seconds(tree(host_pid))
+                    flags = ("--link",) if tool.endswith("--link") else ()
+                    wall, own_cpu, done = dfget(host, f"{origin}/big",
+                                                os.path.join(work, "out-p2p"), *flags)
+                    got[tool] = (wall, own_cpu + cpu_seconds(tree(host_pid)) - cpu0, done)
+                    os.unlink(os.path.join(work, "out-p2p"))
+                    stack.stop(stack.procs[-1])
+                    shutil.rmtree(host, ignore_errors=True)
+                else:
+                    cpu0 = cpu_seconds(nginx_procs)
+                    c_wall, c_cpu = curl(f"{origin}/big", os.path.join(work, "out-curl"))
+                    got[tool] = (c_wall, c_cpu + cpu_seconds(nginx_procs) - cpu0, None)
+                    os.unlink(os.path.join(work, "out-curl"))
+            rounds.append(got)
 
         peaks = {}
         for name, n in (("small", small), ("large", large)):
@@ -291,13 +314,24 @@ def bench(args, work: str) -> None:
     gib = size / GIB
     print()
     print(f"transfer of {gib:.2f} GiB on loopback   seconds    MiB/s   CPU s/GiB")
-    print(f"  dfget from a seeded peer       {wall:9.2f} {size / MIB / wall:8.0f} "
-          f"{p2p_cpu / gib:11.2f}")
-    print(f"  curl from nginx                {c_wall:9.2f} {size / MIB / c_wall:8.0f} "
-          f"{c_cpu / gib:11.2f}")
-    print(f"  ratio dfget / curl             {wall / c_wall:9.2f} {c_wall / wall:8.2f} "
-          f"{p2p_cpu / max(c_cpu, 1e-9):11.2f}")
-    print(f"  dfget's bytes: {done['from_peers'] / MIB:.0f} MiB from peer A, "
+    for r, got in enumerate(rounds):
+        for tool in TOOLS:
+            wall, cpu, _ = got[tool]
+            print(f"  round {r + 1}: {tool:<22}{wall:9.2f} {size / MIB / wall:8.0f} "
+                  f"{cpu / gib:11.2f}")
+    med = {tool: (statistics.median(g[tool][0] for g in rounds),
+                  statistics.median(g[tool][1] for g in rounds)) for tool in TOOLS}
+    c_wall, c_cpu = med["curl"]
+    for tool, label in (("dfget", "dfget from a seeded peer"), ("dfget --link", "dfget --link"),
+                        ("curl", "curl from nginx")):
+        w, c = med[tool]
+        print(f"  median: {label:<23}{w:9.2f} {size / MIB / w:8.0f} {c / gib:11.2f}")
+    for tool in ("dfget", "dfget --link"):
+        w, c = med[tool]
+        print(f"  ratio {tool + ' / curl':<25}{w / c_wall:9.2f} {c_wall / w:8.2f} "
+              f"{c / max(c_cpu, 1e-9):11.2f}")
+    done = rounds[-1]["dfget"][2]
+    print(f"  dfget's bytes (last round): {done['from_peers'] / MIB:.0f} MiB from peer A, "
           f"{done['from_cdn'] / MIB:.0f} MiB from the CDN, "
           f"{done['from_origin'] / MIB:.0f} MiB from the origin; "
           f"{done['seconds']:.2f} s inside the daemon (download + export)")
@@ -313,6 +347,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size-gib", type=float, default=2.0, help="throughput file size")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="dfget and curl runs, interleaved; the table gives their medians")
     p.add_argument("--rss-small-mib", type=float, default=256.0)
     p.add_argument("--rss-large-gib", type=float, default=4.0)
     p.add_argument("--workdir", default=None, help="where files go (default: a temp dir)")
