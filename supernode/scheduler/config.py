@@ -16,11 +16,17 @@ class SchedulerConfig:
     own limit when it registers; these are the defaults.
     """
 
-    peer_upload_slots: int = 8
-    # Few, fast CDN flows: at 64 the CDN's uplink split into 3 Mbit/s flows and
-    # the first pieces landed only after ~2.7 s (perf/sim, 200 Mbit/s CDN);
-    # 16 gave T/bound 1.39 instead of 1.64 at 40 peers, 1.77 vs 1.91 at 1000.
-    cdn_upload_slots: int = 16
+    # Upload slots are best matched to the downloaders' parallelism: a
+    # downloader with ``parallel`` pieces in flight takes down/parallel per
+    # flow, so a source should split its upload into about
+    # parallel x up/down flows, 4 for a dfdaemon (parallel 4, symmetric
+    # link), 8 for a 200 Mbit/s CDN feeding 100 Mbit/s peers. More slots make
+    # every flow slower, which starves the receivers and slows the spread of
+    # new pieces; perf/sim (40 / 200 peers, 100 x 1 MiB): peer slots 8 and CDN
+    # 16 gave T/bound 1.24 / 1.33, 4 and 8 give 1.13 / 1.17. (At 64 CDN
+    # slots the first pieces landed only after ~2.7 s.)
+    peer_upload_slots: int = 4
+    cdn_upload_slots: int = 8
     # A downloader never has more than this many attempts open in one task,
     # whatever it asks for; it bounds what a peer that never reports can hold.
     max_in_flight: int = 16
@@ -54,6 +60,7 @@ class SchedulerConfig:
     failure_ratio: float = 0.5
     health_window: int = 32
     isolation_time: float = 300.0
+    # A "wait" answer carries wait_ms x [0.5, 1.5), drawn from the seeded rng.
     wait_ms: int = 200
     pending_wait_ms: int = 200
     # "random" or "rarest". Measured with perf/sim (200 peers, 100 x 1 MiB,

@@ -58,6 +58,8 @@ def _check_swarm(sw: Swarm) -> None:
                 src = flight.src
                 _require(src.alive and src.swarm is sw, "an attempt from a member that left")
                 _require(_holds(sw, src, piece), f"{src.host.peer_id} serves {piece} it lacks")
+        from_cdn = sum(f.src is sw.cdn for flights in member.inflight.values() for f in flights)
+        _require(member.from_cdn == from_cdn, f"{member.host.peer_id} from_cdn is off")
         if n is None:
             continue
         held = n - len(member.wanted) - len(member.inflight)
@@ -67,6 +69,12 @@ def _check_swarm(sw: Swarm) -> None:
         _require((member.state == SEEDING) == (member.have == n), "seeding iff holding all")
     if n is None:
         return
+    _require(sw.sources == sum(m.have > 0 for m in sw.members.values() if m is not sw.cdn),
+             "the count of peers holding pieces is off")
+    _require(sw.newcomers == sum(m.newcomer for m in sw.members.values()),
+             "the count of newcomers is off")
+    _require(not any(m.newcomer and m.have for m in sw.members.values()),
+             "a peer holding pieces is counted as a newcomer")
     buckets: dict[int, set[int]] = {}
     for piece in range(n):
         alive = [m for m in sw.holders[piece] if m.alive]

@@ -65,7 +65,7 @@ class Member:
     """One host taking part in one task."""
 
     __slots__ = ("host", "swarm", "state", "wanted", "inflight", "have", "out", "alive",
-                 "fails", "oks")
+                 "fails", "oks", "from_cdn", "newcomer")
 
     def __init__(self, host: Host, swarm: Swarm) -> None:
         self.host = host
@@ -78,6 +78,8 @@ class Member:
         self.alive = True
         self.fails = 0.0                    # its record as a source in this task
         self.oks = 0.0
+        self.from_cdn = 0                   # its open attempts served by the CDN
+        self.newcomer = False               # asked, holds nothing yet (Swarm.newcomers)
 
     def __repr__(self) -> str:
         return f"<Member {self.host.peer_id} {self.state} have={self.have}>"
@@ -108,6 +110,8 @@ def open_flight(dst: Member, src: Member, piece: int, opened: float,
         attempts.append(flight)
     src.out.add(flight)
     src.host.load += 1
+    if src.host.is_cdn:
+        dst.from_cdn += 1
     return flight
 
 
@@ -115,6 +119,8 @@ def _unhook(flight: Flight) -> None:
     flight.live = False
     flight.src.out.discard(flight)
     flight.src.host.load -= 1
+    if flight.src.host.is_cdn:
+        flight.dst.from_cdn -= 1
 
 
 def close_piece(dst: Member, piece: int) -> None:
@@ -138,8 +144,8 @@ class Swarm:
     """One task: its state, its members and who holds which piece."""
 
     __slots__ = ("task_id", "state", "n", "count", "peer_count", "holders", "buckets",
-                 "levels", "cdn", "cdn_has", "cdn_only", "members", "blocked", "error",
-                 "permanent")
+                 "levels", "cdn", "cdn_has", "cdn_only", "members", "sources", "newcomers",
+                 "blocked", "error", "permanent")
 
     def __init__(self, task_id: TaskId) -> None:
         self.task_id = task_id
@@ -156,6 +162,10 @@ class Swarm:
         # so a decision does not burn its probes on them.
         self.cdn_only: set[int] = set()
         self.members: dict[Host, Member] = {}
+        self.sources = 0                    # peer members holding at least one piece
+        # Peers that asked for pieces and hold none yet. A peer that registers
+        # and never asks is not one: it must not hold back the others.
+        self.newcomers = 0
         self.blocked: set[Host] = set()     # hosts isolated in this task
         self.error = ""
         self.permanent = False
@@ -168,7 +178,7 @@ class Swarm:
         self.cdn_has = bytearray(n)
 
     def gain(self, member: Member, piece: int) -> None:
-        """``member`` now holds ``piece``."""
+        """``member`` now holds ``piece`` (its ``have`` already counts it)."""
         if member is self.cdn:
             self.cdn_has[piece] = 1
             if not self.peer_count[piece]:
@@ -176,6 +186,11 @@ class Swarm:
         else:
             self.holders[piece].append(member)
             self.peer_count[piece] += 1
+            if member.have == 1:
+                self.sources += 1
+                if member.newcomer:
+                    member.newcomer = False
+                    self.newcomers -= 1
             if self.peer_count[piece] == 1:
                 self.cdn_only.discard(piece)
         self._move(piece, 1)

@@ -103,6 +103,11 @@ class Registry:
             self.release(flight)
         for piece in held:
             sw.lose(member, piece)
+        if held and member is not sw.cdn:
+            sw.sources -= 1
+        if member.newcomer:
+            member.newcomer = False
+            sw.newcomers -= 1
         if member is sw.cdn:
             sw.cdn = None
         del sw.members[host]

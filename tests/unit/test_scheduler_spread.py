@@ -1,0 +1,112 @@
+"""How the scheduler spreads a file: CDN super-seeding, CDN and swarm fair shares, jitter."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.types import PeerId
+from supernode.scheduler import ASSIGN, WAIT, SchedulerConfig
+from supernode.scheduler.invariants import check
+from tests.unit.schedkit import CDN, FakeClock, A, B, C, T, make, ready, seed_peer, sources
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_the_cdn_sends_a_piece_no_peer_holds_even_when_peers_could_serve(clock):
+    s = make(clock)
+    ready(s, T, 20)
+    seed_peer(s, T, A, range(19))               # A holds all but piece 19, and is idle
+    s.register(T, B)
+    decision = s.schedule(T, B, want=4)
+    assert (19, CDN) in {(g.piece, g.source) for g in decision.grants}
+    assert sources(decision).count(CDN) == 1    # the rest comes from A
+    check(s)
+
+
+def test_the_cdn_sends_a_fresh_piece_first_when_peers_are_busy(clock):
+    s = make(clock)
+    ready(s, T, 12)
+    seed_peer(s, T, A, range(10), upload_slots=0)    # holds 0-9, serves nobody
+    seed_peer(s, T, B, range(11), upload_slots=0)    # holds 0-10, serves nobody
+    s.register(T, C)
+    # Piece 11 is the only one no peer holds.
+    assert [g.piece for g in s.schedule(T, C, want=1).grants] == [11]
+    check(s)
+
+
+def test_the_cdn_serves_each_downloader_its_share_of_its_slots(clock):
+    s = make(clock, cdn_upload_slots=4)
+    ready(s, T, 16)
+    peers = [PeerId(f"p{i}") for i in range(4)]
+    for p in peers:
+        s.register(T, p)
+    # Four slots, four peers: one CDN piece each, not four for the first asker.
+    for p in peers:
+        decision = s.schedule(T, p, want=4)
+        assert sources(decision) == [CDN]
+    check(s)
+
+
+def test_a_lone_peer_gets_its_whole_request_from_the_cdn(clock):
+    s = make(clock, cdn_upload_slots=8)
+    ready(s, T, 16)
+    s.register(T, A)
+    assert sources(s.schedule(T, A, want=4)) == [CDN] * 4
+
+
+def test_newcomers_come_before_peers_that_already_hold_pieces(clock):
+    s = make(clock, cdn_upload_slots=0, peer_upload_slots=4)
+    ready(s, T, 8)
+    seed_peer(s, T, A, range(8))                # the only real source: 4 slots
+    seed_peer(s, T, B, [0], upload_slots=0)
+    newcomers = [PeerId(f"n{i}") for i in range(6)]
+    for p in newcomers:
+        s.register(T, p)
+    # Registered but silent, they hold nobody back: B gets what it asks for.
+    assert len(s.schedule(T, B, want=2).grants) == 2
+    first = {}
+    for p in newcomers:
+        decision = s.schedule(T, p, want=4)
+        if decision.action == ASSIGN:
+            (first[p],) = decision.grants       # one piece however much it asks for
+    assert len(first) == 2                      # then A's four slots are taken
+    n0 = next(iter(first))
+    s.pieces_done(T, n0, [(first[n0].piece, A)])
+    # A has a free slot again. Nominal slots 3 x 4 = 12, five newcomers
+    # asking: B's share is (12 - 5) // 3 = 2, which its two attempts fill,
+    # so the slot goes to a newcomer.
+    assert s.schedule(T, B, want=4).action == WAIT
+    waiting = [p for p in newcomers if p not in first]
+    assert sources(s.schedule(T, waiting[0], want=4)) == [A]
+    check(s)
+
+
+def test_once_everyone_holds_something_the_share_does_not_bind(clock):
+    s = make(clock, peer_upload_slots=4)
+    ready(s, T, 16)
+    seed_peer(s, T, A, [0])
+    seed_peer(s, T, B, range(16))
+    seed_peer(s, T, C, range(16))
+    got = sources(s.schedule(T, A, want=4))
+    assert len(got) == 4 and set(got) == {B, C, CDN}
+
+
+def test_wait_hints_are_jittered_around_wait_ms_and_reproducible(clock):
+    def hints(seed: int) -> list[int]:
+        s = make(clock, seed=seed, wait_ms=200, cdn_upload_slots=0)
+        ready(s, T, 1)
+        s.register(T, A)
+        return [s.schedule(T, A).wait_ms for _ in range(50)]
+
+    got = hints(3)
+    assert all(100 <= w < 300 for w in got)
+    assert len(set(got)) > 10                   # spread, not one value
+    assert hints(3) == got
+
+
+def test_config_defaults_match_a_dfdaemon_with_parallel_four():
+    cfg = SchedulerConfig()
+    assert (cfg.peer_upload_slots, cfg.cdn_upload_slots) == (4, 8)
