@@ -51,13 +51,19 @@ class LabError(RuntimeError):
     """The lab cannot be built or used (not root, a tool or a kernel feature missing)."""
 
 
-def sh(*args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
+def sh(*args: str, check: bool = True, timeout: float = 30.0,
+       input: str | None = None) -> subprocess.CompletedProcess:
     """Run one command, capture its output; a failure carries stderr in its message."""
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input,
+                          stdin=subprocess.DEVNULL if input is None else None)
     if check and proc.returncode:
         raise LabError(f"{' '.join(args)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
+
+
+def mac_of(ip: str) -> str:
+    """A host's MAC, derived from its address (locally administered, unicast)."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.ip_address(ip).packed)
 
 
 def list_namespaces() -> list[str]:
@@ -217,8 +223,10 @@ class Lab:
         self._ip_n(self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                    "netns", host.ns)
         self._ip_n(self.switch, "link", "set", port, "master", "br0", "up")
+        self._ip_n(host.ns, "link", "set", "eth0", "address", mac_of(host.ip))
         self._ip_n(host.ns, "addr", "add", f"{host.ip}/{self.net.prefixlen}", "dev", "eth0")
         self._ip_n(host.ns, "link", "set", "eth0", "up")
+        self._pin_neighbours(host)
         if up_mbit or latency_ms:
             shape(host.ns, "eth0", up_mbit, latency_ms)
         if down_mbit:
@@ -227,6 +235,25 @@ class Lab:
 
     def _ip_n(self, ns: str, *args: str) -> None:
         sh("ip", "-n", ns, *args)
+
+    def _pin_neighbours(self, new: Host) -> None:
+        """Permanent ARP entries between ``new`` and every other host.
+
+        The kernel's neighbour table is one for all namespaces, and its
+        limit (gc_thresh3, 1024 by default) counts every namespace's entries:
+        41 hosts that all talk to each other need ~1,700, and past the limit
+        connects fail ("neighbor table overflow!", No route to host, SYNs
+        never sent). Permanent entries are not counted against it, and the
+        lab knows every address and MAC already, so nobody ARPs.
+        """
+        others = [h for h in self.hosts.values() if h is not new]
+        if others:
+            batch = "".join(f"neigh replace {h.ip} lladdr {mac_of(h.ip)} dev eth0 nud permanent\n"
+                            for h in others)
+            sh("ip", "-n", new.ns, "-batch", "-", input=batch)
+        for h in others:
+            self._ip_n(h.ns, "neigh", "replace", new.ip, "lladdr", mac_of(new.ip), "dev",
+                       "eth0", "nud", "permanent")
 
     # --- measuring -------------------------------------------------------------
 
@@ -241,12 +268,15 @@ class Lab:
         return [n for n in list_namespaces() if n.startswith(self.prefix)]
 
 
+QUEUE_SECONDS = 0.1
+
+
 def shape(ns: str, dev: str, rate_mbit: float, latency_ms: float) -> None:
     """Egress of ``dev`` in ``ns``: an HTB class at ``rate_mbit`` (0: unshaped), netem delay.
 
     HTB rather than TBF at the root because it takes a child qdisc, which is
-    where the delay goes; its default leaf is a pfifo of the device's queue
-    length.
+    where the delay goes; without a delay the leaf is a bfifo sized by
+    ``queue_bytes`` (this kernel has neither fq_codel nor sfq).
     """
     if rate_mbit:
         sh("tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
@@ -266,6 +296,22 @@ def shape(ns: str, dev: str, rate_mbit: float, latency_ms: float) -> None:
         if proc.returncode:
             raise LabError("latency needs the netem qdisc, which this kernel lacks "
                            f"({proc.stderr.strip()}); run without --latency-ms")
+    elif rate_mbit:
+        sh("tc", "-n", ns, "qdisc", "add", "dev", dev, *parent, "bfifo", "limit",
+           str(queue_bytes(rate_mbit)))
+
+
+def queue_bytes(rate_mbit: float) -> int:
+    """The shaped queue's size: ``QUEUE_SECONDS`` of traffic at the rate.
+
+    HTB's default leaf is a pfifo of the device's txqueuelen (1000) *packets*;
+    on a veth those are GSO packets of up to 64 KiB, so the queue held up to
+    64 MB, 5 s at 100 Mbit/s. At 40 hosts every download link sat in that
+    queue: SYNs and ARP waited seconds behind bulk data, and connects timed
+    out. A NIC's 1000 packets of 1514 bytes hold ~1.5 MB; a byte limit of
+    100 ms at the rate is that order, for any rate.
+    """
+    return max(2 * 65536, int(rate_mbit * 1e6 / 8 * QUEUE_SECONDS))
 
 
 def _raise_exit(signum, _frame) -> None:
