@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from engine.types import TaskId
 
 log = logging.getLogger(__name__)
 MAX_IDLE_PER_ADDR = 8
+RECV_LOWAT = 256 << 10  # bytes queued before a body read wakes us
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -58,11 +60,33 @@ class PieceConnection(asyncio.BufferedProtocol):
         self._response: PieceResponse | None = None
         self._waiter: asyncio.Future | None = None
         self._spare = bytearray(512)
+        self._sock = None
+        self._lowat = 1
 
     # -- asyncio.BufferedProtocol; never raise from these (the loop would log it).
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._sock = transport.get_extra_info("socket")
+        self._lowat = 1
+
+    def _set_lowat(self, value: int) -> None:
+        """Wake us only when ``value`` bytes are queued (SO_RCVLOWAT).
+
+        A shaped link delivers a body a few segments at a time, and each
+        wakeup costs a trip through the event loop and this protocol: in the
+        lab at 40 hosts the event loops' Python was a third of the machine.
+        Asking for RECV_LOWAT bytes per wakeup makes that a few trips per
+        MiB. Never more than the body still owes (that would wait forever),
+        and 1 between responses, so a head is read as soon as it lands.
+        """
+        if value != self._lowat and self._sock is not None:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+            except OSError:
+                self._sock = None   # not a TCP socket we can tune: stop trying
+                return
+            self._lowat = value
 
     def get_buffer(self, sizehint: int) -> memoryview:
         response = self._response
@@ -86,9 +110,14 @@ class PieceConnection(asyncio.BufferedProtocol):
             return
         if response.done:
             self._response = None
+            self._set_lowat(1)
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(response)
-        elif response.starved and self.transport is not None:
+            return
+        left = response.body_left
+        if left:
+            self._set_lowat(min(RECV_LOWAT, left))
+        if response.starved and self.transport is not None:
             # The disk is behind: leave the bytes in the socket (TCP slows
             # the sender down) until the sink has a buffer again.
             self.transport.pause_reading()

@@ -77,6 +77,11 @@ class PieceResponse:
         return self._offset
 
     @property
+    def body_left(self) -> int:
+        """Body bytes still to come while in the body; 0 otherwise."""
+        return self._length - self._offset if self.state == "body" else 0
+
+    @property
     def starved(self) -> bool:
         """True when the sink wants no more bytes for now: stop reading the
         socket and resume once ``on_room`` calls back."""
