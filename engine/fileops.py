@@ -12,8 +12,17 @@ import errno
 import fcntl
 import hashlib
 import os
+import secrets
 
 from engine.errors import StoreError, from_oserror
+
+
+def temp_path(output: str) -> str:
+    """A temporary name next to ``output`` for a file renamed onto it when
+    whole: hidden, ``.dfpart``, and unique, so that two downloads to the same
+    path never write (or remove, or rename) each other's partial file."""
+    head, name = os.path.split(output)
+    return os.path.join(head, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.dfpart")
 
 
 def file_digest(fd: int, length: int, algorithm: str = "sha256",

@@ -37,7 +37,7 @@ import native
 from engine.bitmap import PieceBitmap
 from engine.diskspace import DiskBudget, Reservation
 from engine.errors import BadInput, IntegrityError, StoreError, TaskNotFound, from_oserror
-from engine.fileops import copy_file, file_digest
+from engine.fileops import copy_file, file_digest, temp_path
 from engine.meta import TaskMeta, write_atomically
 from engine.types import TaskId
 
@@ -183,7 +183,7 @@ class TaskFile:
         if not self.complete:
             raise StoreError(f"task {self.task_id} is not complete")
         output = os.path.abspath(output)
-        tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.dfpart")
+        tmp = temp_path(output)
         try:
             if os.path.isdir(output):
                 raise BadInput(f"output {output} is a directory")

@@ -38,7 +38,7 @@ import os
 
 import native
 from engine.errors import BadInput, DamselflyError, StoreError, from_oserror
-from engine.fileops import copy_range, reflink
+from engine.fileops import copy_range, reflink, temp_path
 from engine.store import TaskFile
 
 WRITE_CHUNK = 64 << 10
@@ -52,8 +52,7 @@ class OutputFile:
         self.path = os.path.abspath(path)
         if os.path.isdir(self.path):
             raise BadInput(f"output {self.path} is a directory")
-        head, name = os.path.split(self.path)
-        self.tmp = os.path.join(head, f".{name}.dfpart")
+        self.tmp = temp_path(self.path)
         self.error: OSError | None = None
         self.streamed = 0                # bytes written while downloading
         self._fd = self._direct = -1

@@ -97,3 +97,18 @@ def test_a_failed_write_fails_finish_and_leaves_nothing(task, tmp_path, monkeypa
 def test_a_directory_is_refused_up_front(tmp_path):
     with pytest.raises(Exception, match="directory"):
         OutputFile(str(tmp_path))
+
+
+def test_two_outputs_to_one_path_keep_their_partial_files_apart(task, tmp_path):
+    """Two downloads to the same path at once: one giving up must not remove
+    or replace the other's partial file, and the survivor lands whole."""
+    path = tmp_path / "out"
+    first, second = OutputFile(str(path)), OutputFile(str(path))
+    assert first.tmp != second.tmp
+    for output in (first, second):
+        _stream(output, task, 0)
+        output.mark(0, 0, PIECE)
+    first.abort()
+    second.finish(task)
+    assert path.read_bytes() == DATA
+    assert not _leftovers(tmp_path)
