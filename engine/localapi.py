@@ -13,9 +13,10 @@ daemon closes the connection::
     -> {"op": "download", "url": ..., "output": "/abs/path", "headers": {...},
         "digest": "sha256:..." | null, "tag": "", "filter": [...],
         "limit": bytes/s | null, "back_source": true, "timeout": s | null,
-        "link": false}
+        "link": false, "progress": true}
     <- {"event": "accepted", "task_id": ...}
-    <- {"event": "progress", "completed": n, "total": n | null, ...}   (any number)
+    <- {"event": "progress", "completed": n, "total": n | null, ...}   (any number;
+                                                          none with "progress": false)
     <- {"event": "done", "sha256": ..., "length": n, "from_peers": n,
         "from_cdn": n, "from_origin": n, "seconds": s, ...}
      | {"event": "error", "message": ..., "exit_code": n, "kind": "OriginError"}
@@ -109,6 +110,7 @@ class DownloadCommand:
     back_source: bool = True
     timeout: float | None = None
     link: bool = False
+    progress: bool = True  # send progress events (a client that shows none says False)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -140,13 +142,14 @@ class DownloadCommand:
                    _field(o, "tag", str, ""), tuple(filt), _field(o, "limit", int, None),
                    _field(o, "back_source", bool, True),
                    float(timeout) if timeout is not None else None,
-                   _field(o, "link", bool, False))
+                   _field(o, "link", bool, False), _field(o, "progress", bool, True))
 
     def to_wire(self) -> dict:
         return {"op": "download", "url": self.url, "output": self.output,
                 "headers": self.headers, "digest": str(self.digest) if self.digest else None,
                 "tag": self.tag, "filter": list(self.filter_params), "limit": self.limit,
-                "back_source": self.back_source, "timeout": self.timeout, "link": self.link}
+                "back_source": self.back_source, "timeout": self.timeout, "link": self.link,
+                "progress": self.progress}
 
 
 def parse_command(o: dict) -> DownloadCommand | str:

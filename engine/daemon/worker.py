@@ -127,6 +127,8 @@ class Worker:
 
             def on_progress(p) -> None:
                 last["progress"] = p
+                if not cmd.progress:
+                    return
                 now = time.monotonic()
                 if now - last["at"] >= PROGRESS_EVERY:
                     last["at"] = now

@@ -16,7 +16,9 @@ import urllib.request
 import orjson
 import pytest
 
+from engine.cli.daemonclient import connect, converse
 from engine.errors import BadInput, ClosedByUs, DaemonUnavailable, IntegrityError, OriginError
+from engine.localapi import DownloadCommand
 from tests.integration.swarm import (Daemon, Services, dfget, dfget_many, sha256_file,
                                      short_tempdir)
 
@@ -83,6 +85,26 @@ def test_a_large_file_comes_mostly_from_other_peers(swarm):
         assert any(e["event"] == "progress" for e in events)
         done = events[-1]
         assert done["from_peers"] + done["from_cdn"] + done["from_origin"] == done["length"]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_events_come_only_to_a_client_that_asks(swarm, progress):
+    """A client that shows no progress says so, and the daemon sends none;
+    the done event still carries the byte counts. --limit keeps the
+    download going for several progress intervals."""
+    services, daemons, root = swarm
+    data = os.urandom(3 * PIECE + 5)
+    url = services.add(f"progress-{progress}", data)
+    out = os.path.join(root, f"progress-{progress}")
+    cmd = DownloadCommand(url, out, limit=6 << 20, progress=progress)
+    sock = connect(daemons[1].socket)
+    assert sock is not None
+    events = list(converse(sock, cmd.to_wire()))
+    assert events[-1]["event"] == "done", events[-1]
+    assert events[-1]["from_peers"] + events[-1]["from_cdn"] + events[-1]["from_origin"] \
+        == len(data)
+    assert any(e["event"] == "progress" for e in events) is progress
+    assert sha256_file(out) == hashlib.sha256(data).hexdigest()
 
 
 def test_concurrent_requests_on_one_host_join_one_download(swarm):

@@ -51,7 +51,7 @@ def test_an_endless_line_is_refused_before_it_fills_memory():
 
 def test_download_command_round_trips():
     cmd = DownloadCommand("http://o/f?a=1", "/abs/out ü", {"Authorization": "Bearer x, y"},
-                          None, "t", ("sig", "exp"), 1024, False, 2.5, True)
+                          None, "t", ("sig", "exp"), 1024, False, 2.5, True, False)
     wire = _feed_bytewise(LineDecoder(), encode(cmd.to_wire()))
     assert parse_command(wire[0]) == cmd
     assert parse_command({"op": "stats"}) == "stats"

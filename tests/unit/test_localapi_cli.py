@@ -33,6 +33,15 @@ def test_every_flag_reaches_the_request(tmp_path):
     assert config.autostart is True
 
 
+def test_progress_events_are_asked_for_only_when_shown(tmp_path):
+    """--json shows every event; without it and without a terminal (pytest's
+    stderr is not one) nothing would show them, so none are asked for."""
+    assert _command(["http://o/a", "-o", "x", "--json"], str(tmp_path))[1].progress is True
+    quiet = _command(["http://o/a", "-o", "x"], str(tmp_path))[1]
+    assert quiet.progress is False
+    assert quiet.to_wire()["progress"] is False
+
+
 def test_url_by_flag_and_defaults_from_the_environment(tmp_path):
     config, cmd = _command(["-u", "https://o/x", "-o", str(tmp_path / "abs")], "/",
                            env={"DFGET_SUPERNODE": "a:1,b:2", "DFGET_DATA_DIR": "/d"})
