@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -67,26 +68,37 @@ class PieceConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._sock = transport.get_extra_info("socket")
-        self._lowat = 1
+        try:
+            # The transport's own socket object is a stand-in that builds a
+            # socket.socket per setsockopt: tune through a duplicate instead.
+            self._sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        except (OSError, AttributeError):
+            self._sock = None
 
-    def _set_lowat(self, value: int) -> None:
-        """Wake us only when ``value`` bytes are queued (SO_RCVLOWAT).
+    def _set_lowat(self, left: int) -> None:
+        """Wake us only when RECV_LOWAT bytes are queued (SO_RCVLOWAT) while
+        the body owes at least that many, else at every byte.
 
         A shaped link delivers a body a few segments at a time, and each
         wakeup costs a trip through the event loop and this protocol: in the
         lab at 40 hosts the event loops' Python was a third of the machine.
-        Asking for RECV_LOWAT bytes per wakeup makes that a few trips per
-        MiB. Never more than the body still owes (that would wait forever),
-        and 1 between responses, so a head is read as soon as it lands.
+        Never more than the body still owes (that would wait forever), and 1
+        between responses, so a head is read as soon as it lands: two
+        setsockopt calls per piece.
         """
+        value = RECV_LOWAT if left >= RECV_LOWAT else 1
         if value != self._lowat and self._sock is not None:
             try:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
             except OSError:
-                self._sock = None   # not a TCP socket we can tune: stop trying
+                self._drop_sock()   # not a TCP socket we can tune: stop trying
                 return
             self._lowat = value
+
+    def _drop_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()   # the duplicate only; the transport keeps its own
+            self._sock = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         response = self._response
@@ -110,13 +122,11 @@ class PieceConnection(asyncio.BufferedProtocol):
             return
         if response.done:
             self._response = None
-            self._set_lowat(1)
+            self._set_lowat(0)
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(response)
             return
-        left = response.body_left
-        if left:
-            self._set_lowat(min(RECV_LOWAT, left))
+        self._set_lowat(response.body_left)
         if response.starved and self.transport is not None:
             # The disk is behind: leave the bytes in the socket (TCP slows
             # the sender down) until the sink has a buffer again.
@@ -133,6 +143,7 @@ class PieceConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._drop_sock()
         self._response = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(BrokenByPeer(f"connection to {self.addr} lost: {exc}"))
