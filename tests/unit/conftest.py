@@ -8,6 +8,7 @@ import pytest
 
 import native
 from tests.helpers import skip_or_fail
+from tests.unit.schedkit import FakeClock
 
 
 @pytest.fixture(params=["extension", "fallback"])
@@ -18,3 +19,9 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
             skip_or_fail(f"extension not loaded: {native.LOAD_ERROR}")
         return native.extension
     return native.fallback
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The scheduler tests' injected clock, starting at 0."""
+    return FakeClock()

@@ -14,10 +14,6 @@ from tests.unit.schedkit import (
     CDN, FakeClock, A, B, C, D, T, U, make, ready, seed_peer, sources, take)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
 # --- tasks and the CDN -------------------------------------------------------------
 
 def test_peers_wait_until_the_length_is_known(clock):

@@ -8,12 +8,7 @@ from engine.errors import BadInput
 from supernode.scheduler import ASSIGN, DONE, WAIT, Grant, UnknownPeer
 from supernode.scheduler.invariants import check
 from tests.unit.schedkit import (
-    CDN, FakeClock, A, B, C, T, U, V, make, ready, seed_peer, sources, take)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+    CDN, A, B, C, T, U, V, make, ready, seed_peer, sources, take)
 
 
 # --- failures, timeouts, isolation -------------------------------------------------------

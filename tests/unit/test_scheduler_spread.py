@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 
 from engine.types import PeerId
 from supernode.scheduler import ASSIGN, WAIT, SchedulerConfig
 from supernode.scheduler.invariants import check
-from tests.unit.schedkit import CDN, FakeClock, A, B, C, T, make, ready, seed_peer, sources
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.unit.schedkit import CDN, A, B, C, T, make, ready, seed_peer, sources
 
 
 def test_the_cdn_sends_a_piece_no_peer_holds_even_when_peers_could_serve(clock):
