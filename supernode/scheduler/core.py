@@ -26,7 +26,8 @@ among them) and swarms (one per task); see ``model`` for the layout and
 
 Invariants (checked by ``invariants.check`` in the tests): a grant is never
 for a piece the peer holds; its source holds the piece, is healthy in the
-task and host-wide, and had a free upload slot; a host's ``load`` equals its
+task and host-wide, and had a free upload slot (or, for a downloader
+with fewer than ``overbook_below`` attempts, at most one over); a host's ``load`` equals its
 open flights over all tasks; replica counts and buckets match the holders.
 """
 

@@ -21,8 +21,15 @@ for a peer that already uploads. Then ``fill`` grants in passes:
 3. The CDN again, for what peers could not fill: fewest peer replicas first.
    A piece it is already sending and no peer holds is granted only to a peer
    with nothing else to do: a peer replica is due shortly.
-4. Endgame: if the peer is down to its last few pieces, all in flight, a
+4. Overbooking: a peer left with fewer than ``overbook_below`` attempts
+   may take one slot over a holder's limit, so that the peers who keep
+   missing the free slots do not fall behind the swarm.
+5. Endgame: if the peer is down to its last few pieces, all in flight, a
    second source for a piece whose attempt has run for a while.
+
+While a large swarm is young (``spread_caps``), every source serves fewer
+transfers at once, so that first pieces travel at full speed, and there is
+no overbooking.
 """
 
 from __future__ import annotations
@@ -61,8 +68,9 @@ def fill(reg: Registry, member: Member, room: int, now: float, cfg: SchedulerCon
         return len(grants) >= room
 
     cdn = sw.cdn
-    if cdn is not None and _serves(sw, cdn.host):
-        for piece in _cdn_pieces(member, sw, rng, fresh=True)[0]:
+    spread, cdn_spread = spread_caps(sw, cfg)
+    if cdn is not None and _serves(sw, cdn.host, cdn_spread):
+        for piece in _cdn_pieces(member, sw, rng, cdn_spread, fresh=True)[0]:
             if grant(cdn, piece):
                 return grants
     misses = cfg.max_probes
@@ -73,12 +81,12 @@ def fill(reg: Registry, member: Member, room: int, now: float, cfg: SchedulerCon
     # The CDN stays a candidate here, behind every unused peer, so that one
     # request spreads over sources; ``cdn_share`` still bounds it.
     cdn_has = sw.cdn_has
-    cdn_cap = cdn_share(sw, cdn.host) if cdn is not None else 0
+    cdn_cap = cdn_share(sw, cdn.host, cdn_spread) if cdn is not None else 0
     for piece in order:
         backup = cdn if cdn_has[piece] and member.from_cdn < cdn_cap else None
         source = pick_source(holders[piece], backup,
                              location=location, rng=rng, sample=sample, avoid=used,
-                             blocked=blocked)
+                             blocked=blocked, cap=spread, cdn_cap=cdn_spread)
         if source is not None:
             if grant(source, piece):
                 return grants
@@ -86,19 +94,32 @@ def fill(reg: Registry, member: Member, room: int, now: float, cfg: SchedulerCon
             misses -= 1
             if not misses:
                 break
-    if cdn is not None and _serves(sw, cdn.host):
-        pieces, spares = _cdn_pieces(member, sw, rng, fresh=False)
+    if cdn is not None and _serves(sw, cdn.host, cdn_spread):
+        pieces, spares = _cdn_pieces(member, sw, rng, cdn_spread, fresh=False)
         if not pieces and not grants and not member.inflight:
             pieces = spares             # nothing else exists: do not starve
         for piece in pieces:
             if grant(cdn, piece):
                 return grants
+    if not spread and len(member.inflight) < cfg.overbook_below:
+        misses = cfg.max_probes
+        for piece in random_order(member.wanted, sw.peer_count, rng):
+            source = pick_source(holders[piece], None, location=location, rng=rng,
+                                 sample=sample, avoid=used, blocked=blocked, over=1)
+            if source is not None:
+                if grant(source, piece) or len(member.inflight) >= cfg.overbook_below:
+                    return grants
+            else:
+                misses -= 1
+                if not misses:
+                    break
     for piece in endgame(member.inflight, len(member.wanted), pieces=cfg.endgame_pieces,
                          copies=cfg.endgame_copies, opened_by=now - cfg.endgame_delay):
         taken = {flight.src.host for flight in member.inflight[piece]}
         source = pick_source(holders[piece], cdn if sw.cdn_has[piece] else None,
                              location=location, rng=rng, sample=sample,
-                             avoid=used, exclude=taken, blocked=blocked)
+                             avoid=used, exclude=taken, blocked=blocked, cap=spread,
+                             cdn_cap=cdn_spread)
         if source is not None and grant(source, piece):
             break
     return grants
@@ -120,7 +141,9 @@ def fair_share(sw: Swarm, member: Member, cfg: SchedulerConfig) -> int:
     counts until it leaves or its heartbeat times out.)
     """
     cdn = sw.cdn
-    slots = sw.sources * cfg.peer_upload_slots + (cdn.host.slots if cdn is not None else 0)
+    cap, cdn_cap = spread_caps(sw, cfg)
+    slots = (sw.sources * (cap or cfg.peer_upload_slots)
+             + (_limit(cdn.host, cdn_cap) if cdn is not None else 0))
     newcomer = max(1, slots // max(1, len(sw.members) - 1))
     if not member.have:
         if not member.newcomer:
@@ -130,20 +153,36 @@ def fair_share(sw: Swarm, member: Member, cfg: SchedulerConfig) -> int:
     return (slots - sw.newcomers * newcomer) // sw.sources
 
 
-def cdn_share(sw: Swarm, cdn: Host) -> int:
+def cdn_share(sw: Swarm, cdn: Host, slots: int = 0) -> int:
     """How many attempts the CDN may serve one downloader at once: its slots
-    over the task's peers, at least one."""
-    return max(1, cdn.slots // max(1, len(sw.members) - 1))
+    (``slots`` if given: its capped slots) over the task's peers, at least one."""
+    return max(1, (slots or cdn.slots) // max(1, len(sw.members) - 1))
 
 
-def _cdn_pieces(member: Member, sw: Swarm, rng: Random, *,
+def spread_caps(sw: Swarm, cfg: SchedulerConfig) -> tuple[int, int]:
+    """The upload slots a peer source and the CDN may use in this swarm now
+    (0: their own limit).
+
+    While a peer that asked holds nothing, in a swarm of more peers than the
+    CDN has slots, sources serve ``spread_slots`` (the CDN
+    ``cdn_spread_slots``) transfers at a time: see
+    ``SchedulerConfig.spread_slots``. A small swarm, or a lone downloader,
+    never sees the cap.
+    """
+    if sw.newcomers and len(sw.members) - 1 > cfg.cdn_upload_slots:
+        return cfg.spread_slots, cfg.cdn_spread_slots
+    return 0, 0
+
+
+def _cdn_pieces(member: Member, sw: Swarm, rng: Random, cdn_cap: int, *,
                 fresh: bool) -> tuple[list[int], list[int]]:
     """The pieces the CDN should send ``member`` now, fewest peer replicas
     first and at most its share (``fresh``: only pieces no peer holds); and
     as many to fall back on that the CDN is already sending elsewhere and no
     peer holds."""
     cdn = sw.cdn
-    left = min(cdn_share(sw, cdn.host) - member.from_cdn, cdn.host.slots - cdn.host.load)
+    slots = _limit(cdn.host, cdn_cap)
+    left = min(cdn_share(sw, cdn.host, slots) - member.from_cdn, slots - cdn.host.load)
     if left <= 0:
         return [], []
     cdn_has, peer_count = sw.cdn_has, sw.peer_count
@@ -178,5 +217,10 @@ def stranded(member: Member) -> bool:
     return any(not peer_count[p] for p in member.wanted)
 
 
-def _serves(sw: Swarm, host: Host) -> bool:
-    return host.load < host.slots and host.health == HEALTHY and host not in sw.blocked
+def _serves(sw: Swarm, host: Host, cap: int = 0) -> bool:
+    return host.load < _limit(host, cap) and host.health == HEALTHY and host not in sw.blocked
+
+
+def _limit(host: Host, cap: int) -> int:
+    """``host``'s upload slots under ``cap`` (0: uncapped)."""
+    return min(host.slots, cap) if cap else host.slots

@@ -156,14 +156,18 @@ def _rotated(group: list[int], rng: Random) -> list[int]:
 def pick_source(holders: Sequence[H], cdn: H | None, *, location: str, rng: Random,
                 sample: int = 16, avoid: Collection[HostView] = _NOTHING,
                 exclude: Collection[HostView] = _NOTHING,
-                blocked: Collection[HostView] = _NOTHING) -> H | None:
+                blocked: Collection[HostView] = _NOTHING, cap: int = 0,
+                cdn_cap: int = 0, over: int = 0) -> H | None:
     """Choose where to fetch a piece from, or None if no holder can serve now.
 
     ``holders`` are the peers holding the piece (dead entries allowed),
     ``cdn`` the CDN if it holds it. ``avoid``: hosts already chosen in this
     request (used only when nothing else is eligible). ``exclude``: hosts that
     must not be chosen (endgame: the sources already fetching this piece).
-    ``blocked``: hosts isolated in this task.
+    ``blocked``: hosts isolated in this task. ``cap`` / ``cdn_cap``: serve
+    with at most this many of a peer's / the CDN's slots (0: all of them).
+    ``over``: a peer may exceed its limit by this many (overbooking; never
+    a peer whose limit is 0).
     """
     n = len(holders)
     if n > sample:
@@ -178,6 +182,10 @@ def pick_source(holders: Sequence[H], cdn: H | None, *, location: str, rng: Rand
     for member in window:
         host = member.host
         load, slots = host.load, host.slots
+        if cap and cap < slots:
+            slots = cap
+        if slots:                       # a host that serves nobody is never overbooked
+            slots += over
         # The busy check comes first: in a saturated swarm it rejects most.
         if (load >= slots or not member.alive or host.health != HEALTHY
                 or host in blocked or host in exclude):
@@ -195,9 +203,10 @@ def pick_source(holders: Sequence[H], cdn: H | None, *, location: str, rng: Rand
                 break                   # idle, near and unused: nothing beats it
     if cdn is not None and best_key >= 4.0:
         host = cdn.host
-        if (host.load < host.slots and host.health == HEALTHY and cdn.alive
+        slots = min(host.slots, cdn_cap) if cdn_cap else host.slots
+        if (host.load < slots and host.health == HEALTHY and cdn.alive
                 and host not in blocked and host not in exclude):
-            key = 4.0 + host.load / host.slots + (8.0 if host in avoid else 0.0)
+            key = 4.0 + host.load / slots + (8.0 if host in avoid else 0.0)
             if host.location != location:
                 key += 2.0
             if key < best_key:

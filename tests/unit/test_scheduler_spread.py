@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 
 from engine.types import PeerId
 from supernode.scheduler import ASSIGN, WAIT, SchedulerConfig
@@ -52,7 +53,9 @@ def test_a_lone_peer_gets_its_whole_request_from_the_cdn(clock):
 
 
 def test_newcomers_come_before_peers_that_already_hold_pieces(clock):
-    s = make(clock, cdn_upload_slots=0, peer_upload_slots=4)
+    # Fair shares alone: no spread cap, no overbooking.
+    s = make(clock, cdn_upload_slots=0, peer_upload_slots=4, spread_slots=0,
+             overbook_below=0)
     ready(s, T, 8)
     seed_peer(s, T, A, range(8))                # the only real source: 4 slots
     seed_peer(s, T, B, [0], upload_slots=0)
@@ -104,3 +107,56 @@ def test_wait_hints_are_jittered_around_wait_ms_and_reproducible(clock):
 def test_config_defaults_match_a_dfdaemon_with_parallel_four():
     cfg = SchedulerConfig()
     assert (cfg.peer_upload_slots, cfg.cdn_upload_slots) == (4, 8)
+
+
+
+def _young_swarm(clock, newcomers: int, cdn_slots: int):
+    """A: the only peer source (4 slots), holding everything; ``newcomers``
+    peers that hold nothing and ask for four pieces each, in turn."""
+    s = make(clock, cdn_upload_slots=cdn_slots, peer_upload_slots=4, overbook_below=0)
+    ready(s, T, 16)
+    seed_peer(s, T, A, range(16))
+    got = []
+    for i in range(newcomers):
+        s.register(T, PeerId(f"n{i}"))
+    for i in range(newcomers):
+        got += sources(s.schedule(T, PeerId(f"n{i}"), want=4))
+    check(s)
+    return s, Counter(got)
+
+
+def test_a_young_swarm_sends_first_pieces_one_at_a_time_per_source(clock):
+    s, got = _young_swarm(clock, 6, cdn_slots=2)
+    # A serves one transfer, the CDN two (``cdn_spread_slots``), each at full
+    # speed; the other newcomers wait for the first receivers to pass them on.
+    assert got == {A: 1, CDN: 2}
+
+
+def test_a_swarm_no_larger_than_the_cdns_slots_is_not_capped(clock):
+    s, got = _young_swarm(clock, 3, cdn_slots=8)
+    assert got[A] > 1 and sum(got.values()) > 3
+
+
+def test_a_starved_downloader_may_take_one_slot_over_a_full_source(clock):
+    s = make(clock, cdn_upload_slots=0, peer_upload_slots=4, spread_slots=0,
+             overbook_below=4)
+    ready(s, T, 16)
+    seed_peer(s, T, A, range(16))
+    seed_peer(s, T, B, [0])
+    seed_peer(s, T, C, [1])
+    assert sources(s.schedule(T, B, want=4)) == [A] * 4         # A is full
+    got = sources(s.schedule(T, C, want=4))
+    # Piece 0 from B, which has free slots; then one more from A, over its limit.
+    assert Counter(got) == {A: 1, B: 1} and s.load(A) == 5
+    # A is one over now; C, with two attempts open, has nothing more to get.
+    assert s.schedule(T, C, want=4).action == WAIT
+    check(s)
+
+
+def test_a_source_that_serves_nobody_is_never_overbooked(clock):
+    s = make(clock, cdn_upload_slots=0, spread_slots=0, overbook_below=4)
+    ready(s, T, 16)
+    seed_peer(s, T, A, range(16), upload_slots=0)
+    seed_peer(s, T, B, [0])
+    assert s.schedule(T, B, want=4).action == WAIT
+    assert s.load(A) == 0
