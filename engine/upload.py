@@ -42,6 +42,10 @@ CHUNK = 1 << 20
 # resume. A buffer that holds a whole chunk lets one sendfile hand it over.
 SEND_BUFFER = 1 << 20
 OPEN_TASKS = 64
+# A connection with no request for this long is closed. Downloaders drop
+# their own idle connections sooner (engine.download.fetch: 30 s); this is
+# for the ones that vanish without closing.
+IDLE_TIMEOUT = 60.0
 
 
 class Pacer(Protocol):
@@ -61,6 +65,11 @@ class UploadServer:
         self._accepting: asyncio.Task | None = None
         self._conns: set[asyncio.Task] = set()
         self._tasks: OrderedDict[TaskId, TaskFile] = OrderedDict()
+        # Open files being sent from, and how many sends each: a file that
+        # is forgotten or evicted meanwhile is closed by its last sender, so
+        # that its descriptor number cannot be reused under a sendfile.
+        self._sending: dict[TaskFile, int] = {}
+        self._retired: set[TaskFile] = set()
         self._busy = 0
         self.stats = {"pieces": 0, "bytes": 0, "not_found": 0, "busy": 0, "errors": 0}
 
@@ -102,14 +111,23 @@ class UploadServer:
         await asyncio.gather(*self._conns, return_exceptions=True)
         if self._sock is not None:
             self._sock.close()
-        for task_file in self._tasks.values():
+        for task_file in [*self._tasks.values(), *self._retired]:
             task_file.close()
         self._tasks.clear()
+        self._retired.clear()
+        self._sending.clear()
 
     def forget(self, task_id: TaskId) -> None:
         """Drop a cached open task (it was removed or replaced)."""
         task_file = self._tasks.pop(task_id, None)
         if task_file is not None:
+            self._retire(task_file)
+
+    def _retire(self, task_file: TaskFile) -> None:
+        """Close ``task_file`` now, or when its last send ends."""
+        if task_file in self._sending:
+            self._retired.add(task_file)
+        else:
             task_file.close()
 
     async def _accept_loop(self) -> None:
@@ -129,7 +147,13 @@ class UploadServer:
         parser = http1.RequestParser()
         try:
             while True:
-                data = await loop.sock_recv(conn, 65536)
+                # An idle connection is shut down, which ends the recv with
+                # b"" (one timer per request, no polling).
+                idle = loop.call_later(IDLE_TIMEOUT, _shut, conn)
+                try:
+                    data = await loop.sock_recv(conn, 65536)
+                finally:
+                    idle.cancel()
                 if not data:
                     return
                 try:
@@ -187,6 +211,7 @@ class UploadServer:
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{piece.length}"
         self._busy += 1
+        self._sending[task] = self._sending.get(task, 0) + 1
         try:
             # Pieces reach the store with O_DIRECT (engine.download.sinks), so
             # they are usually on the disk only: start reading the whole range
@@ -199,6 +224,12 @@ class UploadServer:
             await self._send_file(conn, task.fd, piece.start + start, end - start)
         finally:
             self._busy -= 1
+            left = self._sending.pop(task, 1) - 1
+            if left:
+                self._sending[task] = left
+            elif task in self._retired:
+                self._retired.discard(task)
+                task.close()
         self.stats["pieces"] += 1
         self.stats["bytes"] += end - start
         return True
@@ -240,8 +271,13 @@ class UploadServer:
             return None
         self._tasks[task_id] = task
         if len(self._tasks) > OPEN_TASKS:
-            self._tasks.popitem(last=False)[1].close()
+            self._retire(self._tasks.popitem(last=False)[1])
         return task
+
+
+def _shut(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

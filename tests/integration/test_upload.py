@@ -121,3 +121,53 @@ def test_pacer_holds_every_chunk(seeded):
 
     status, _, body = run(main())
     assert status == 200 and body == data[:PIECE] and sum(asked) == PIECE
+
+
+def test_a_task_forgotten_mid_send_still_sends_its_own_bytes(seeded, tmp_path):
+    # forget() used to close the file under a running sendfile: the next file
+    # opened could take its descriptor number, and the rest of the piece came
+    # from that file.
+    store, task, data = seeded
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"\xee" * (4 * PIECE))
+    gate = asyncio.Event()
+
+    class Gate:
+        async def acquire(self, nbytes):
+            await gate.wait()
+
+    async def main():
+        async with UploadServer(store, pacer=Gate()) as server:
+            get = asyncio.create_task(
+                _get(server.port, f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode()))
+            while not server._sending:              # the send has begun
+                await asyncio.sleep(0.01)
+            server.forget(task.task_id)
+            decoys = [os.open(decoy, os.O_RDONLY) for _ in range(8)]
+            try:
+                gate.set()
+                result = await get
+            finally:
+                for fd in decoys:
+                    os.close(fd)
+            return result, dict(server._sending), set(server._retired)
+
+    (status, _, body), sending, retired = run(main())
+    assert status == 200 and body == data[:PIECE]
+    assert not sending and not retired               # closed by its last sender
+
+
+def test_an_idle_connection_is_closed(seeded, monkeypatch):
+    import engine.upload
+    monkeypatch.setattr(engine.upload, "IDLE_TIMEOUT", 0.2)
+    store, task, data = seeded
+
+    async def main():
+        async with UploadServer(store) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                return await asyncio.wait_for(reader.read(), 5)
+            finally:
+                writer.close()
+
+    assert run(main()) == b""
