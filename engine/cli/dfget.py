@@ -73,7 +73,8 @@ class DfgetConfig(HostOptions):
     json: bool = option(False, "print the daemon's events as JSON lines on stdout")
     progress: bool = option(True, "draw a progress bar when stderr is a terminal")
     autostart: bool = option(True, "start a dfdaemon when none runs")
-    daemon_idle_exit: str = option("10m", "an auto-started daemon exits after this idle time",
+    daemon_idle_exit: str = option("10m", "an auto-started daemon exits after this long "
+                                   "without requests or uploads",
                                    check=_duration_or_none, metavar="DURATION")
 
 

@@ -107,7 +107,7 @@ class DaemonConfig(HostOptions):
                                  check=_checker(parse_size), metavar="SIZE")
     task_ttl: str = option("3h", "remove a finished task this long after its last use",
                            check=_checker(parse_duration), metavar="DURATION")
-    idle_exit: str = option("0", "exit after this long without local requests (0: never)",
+    idle_exit: str = option("0", "exit after this long without local requests or uploads (0: never)",
                             check=_checker(parse_duration), metavar="DURATION")
     back_source: bool = option(True, "let downloads fall back to the origin")
     peer_id: str = option("", "peer id (default: kept in <data-dir>/peer-id)")

@@ -65,6 +65,7 @@ class Coordinator:
         self._last_stats: dict[int, dict] = {}
         self._gc_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._uploads_at_idle = 0
         self._session = None  # aiohttp, only to leave tasks at the supernodes
 
     def stop(self) -> None:
@@ -324,10 +325,32 @@ class Coordinator:
     def _arm_idle(self) -> None:
         idle = self.config.idle_exit_seconds
         if idle > 0 and not self._clients and not self.table and self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(idle, self._idle_exit)
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                idle, lambda: self._spawn(self._idle_exit()))
+            self._spawn(self._note_uploads())
 
-    def _idle_exit(self) -> None:
-        log.info("no requests for %s; exiting", self.config.idle_exit)
+    async def _uploaded(self) -> int:
+        return (await self.stats())["upload"].get("pieces", 0)
+
+    async def _note_uploads(self) -> None:
+        self._uploads_at_idle = await self._uploaded()
+
+    async def _idle_exit(self) -> None:
+        """The idle time is up: exit, unless pieces were uploaded meanwhile.
+
+        Serving other peers counts as use: a daemon that exits while the
+        swarm still fetches from it takes a source away. The workers are
+        asked at the start and the end of an idle period, so an idle daemon
+        still polls nothing.
+        """
+        self._idle_timer = None
+        uploaded = await self._uploaded()
+        if self._clients or self.table or self._idle_timer is not None:
+            return                          # a request came in meanwhile
+        if uploaded != self._uploads_at_idle:
+            self._arm_idle()                # it served peers: another period
+            return
+        log.info("no requests and no uploads for %s; exiting", self.config.idle_exit)
         self.stop()
 
     def _arm_gc(self) -> None:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 
 import orjson
 import pytest
@@ -121,6 +122,29 @@ def test_dfget_starts_a_daemon_that_leaves_when_idle(root):
                 except ProcessLookupError:
                     pass
         assert not os.path.exists(os.path.join(data_dir, "dfdaemon.sock"))
+
+
+def test_a_daemon_that_serves_peers_is_not_idle(root, daemons):
+    from engine.identity import TaskIdentity
+    data = os.urandom(PIECE + 17)
+    with Services(root) as services:
+        url = services.add("served", data)
+        daemons.append(Daemon(os.path.join(root, "h"), [services.supernode_url],
+                              "--idle-exit", "2s"))
+        host = daemons[0]
+        out = os.path.join(root, "out")
+        r = dfget(host.data_dir, url, out, "--supernode", services.supernode_url)
+        assert r.returncode == 0, r.stderr
+        piece = (f"http://127.0.0.1:{host.port}/pieces/"
+                 f"{TaskIdentity.of(url).task_id.hex}/0")
+        until = time.monotonic() + 5                # two and a half idle periods
+        while time.monotonic() < until:
+            with urllib.request.urlopen(piece, timeout=10) as resp:
+                assert resp.read() == data[:PIECE]
+            time.sleep(0.5)
+        assert host.proc.poll() is None, "exited while peers fetched from it"
+        assert host.proc.wait(timeout=20) == 0      # no uploads any more: it leaves
+        assert "no requests and no uploads" in host.log()
 
 
 def test_sigterm_stops_the_daemon_and_every_worker(root, daemons):
