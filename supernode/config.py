@@ -54,6 +54,10 @@ class SupernodeConfig:
     revalidate_timeout: float = option(10.0, "seconds a registration waits for a "
                                              "revalidation before serving the cache",
                                        check=positive)
+    cache_quota_mib: int = option(0, "MiB of finished files the CDN cache keeps: beyond it "
+                                     "the least recently registered files that no peer is "
+                                     "registered for are removed (0: no limit)",
+                                  check=non_negative)
     disk_floor_mib: int = option(64, "MiB of the data dir's filesystem kept free",
                                  check=non_negative)
     tick_interval: float = option(1.0, "seconds between scheduler clock ticks "

@@ -124,6 +124,7 @@ class SupernodeService:
             version = await self._revalidate(entry, ident, req, fp, step)
         else:
             version = entry.current
+        version.used_at = self.clock()
         peer = req.peer
         self.scheduler.register(version.id, peer.peer_id, location=peer.location,
                                 addr=host_port(peer.ip, peer.port))
@@ -292,6 +293,33 @@ class SupernodeService:
                 if entry.candidate is None:
                     del self.entries[v.identity]
             self._drop(v)
+        self._keep_quota()
+
+    def _keep_quota(self) -> None:
+        """Remove finished files, least recently registered first, while the
+        cache holds more than ``cache_quota_mib``. A file some peer is still
+        registered for stays: its swarm may need the CDN's copy."""
+        quota = self.config.cache_quota_mib << 20
+        if not quota:
+            return
+        done = [v for v in self.versions.values() if v.state == COMPLETE and v.layout]
+        size = sum(v.layout.length for v in done)
+        if size <= quota:
+            return
+        for v in sorted(done, key=lambda v: v.used_at):
+            if size <= quota:
+                break
+            if self._has_peers(v.id):
+                continue
+            entry = self.entries.get(v.identity)
+            if entry is not None and entry.candidate is not None:
+                continue                    # a revalidation is deciding about it
+            if entry is not None and entry.current is v:
+                del self.entries[v.identity]
+            log.info("cache over its quota: removing %s (%d bytes)", v.url, v.layout.length)
+            self._drop(v)
+            size -= v.layout.length
+            self.counters["cache_evictions"] += 1
 
     # --- CdnListener -------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class Version:
     fingerprint: str | None = None    # failed with 401/403: whose request got it
     request_fp: str = ""              # fingerprint of the request that started the fetch
     head: asyncio.Future | None = None  # a revalidation waiting for the origin's answer
+    used_at: float = 0.0              # service clock: the last registration (cache LRU)
 
     def view(self) -> TaskView:
         layout = self.layout

@@ -168,3 +168,45 @@ def test_secrets_never_reach_disk_or_logs(tmp_path, caplog):
     run(main())
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert not any(s in logged for s in secrets)
+
+
+def test_the_cache_keeps_to_its_quota_least_recently_used_first(tmp_path):
+    one, two, three = blob(3 * MiB), blob(3 * MiB + 5), blob(MiB)
+
+    async def leave(peer, view):
+        await peer.post("/api/v1/leave", {"peer_id": peer.name, "task_id": view.task_id.hex})
+
+    async def main():
+        async with Origin() as origin, supernode(tmp_path, cache_quota_mib=7) as node:
+            for name, data in (("one", one), ("two", two), ("three", three)):
+                origin.add(name, data)
+            async with peers(node, "a", "b", "c") as (a, b, c):
+                first = await a.download(origin.url("one"))
+                second = await b.download(origin.url("two"))
+                # 6 MiB: inside the quota; both stay although nobody is registered.
+                await leave(a, first.view)
+                await leave(b, second.view)
+                assert (await a.download(origin.url("one"))).data == one   # one: recently used
+                await leave(a, first.view)
+                third = await c.download(origin.url("three"))
+                # 7 MiB + 5 bytes: "two", the least recently registered, goes...
+                await until(lambda: second.view.task_id not in node.service.versions)
+                assert not os.path.exists(node.store.task_path(second.view.task_id))
+                kept = node.service.versions
+                assert first.view.task_id in kept and third.view.task_id in kept
+                # "two" again (b stays registered): over the quota, "one" goes.
+                again = await b.download(origin.url("two"))
+                assert again.data == two                 # fetched from the origin again
+                await until(lambda: first.view.task_id not in node.service.versions)
+                # "one" again (a stays registered): over the quota, but every
+                # file has a registered peer, so all stay...
+                back = await a.download(origin.url("one"))
+                await asyncio.sleep(0.3)                # several ticks
+                assert {third.view.task_id, again.view.task_id,
+                        back.view.task_id} <= set(node.service.versions)
+                # ...until c leaves "three", the least recently registered.
+                await leave(c, third.view)
+                await until(lambda: third.view.task_id not in node.service.versions)
+                assert node.service.counters["cache_evictions"] == 3
+            assert origin.requests == {"one": 2, "two": 2, "three": 1}
+    run(main())
