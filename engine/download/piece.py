@@ -38,8 +38,14 @@ NEAR_DONE = 0.5
 
 
 async def fetch(ctx: Context, job: Job, task: TaskFile, a: Assignment,
-                nudge: Callable[[int], None] | None = None) -> PieceResult:
-    """``a.piece`` from ``a.source`` into the task file, verified and published."""
+                nudge: Callable[[int], None] | None = None,
+                received: Callable[[int], None] | None = None) -> PieceResult:
+    """``a.piece`` from ``a.source`` into the task file, verified and published.
+
+    ``nudge(piece)`` is called when NEAR_DONE of the body has arrived,
+    ``received(piece)`` when all of it has: from then on the fetch only
+    waits for its hash and its writes, which need no connection.
+    """
     size = await _admit(ctx, task, a)
     if isinstance(size, PieceResult):
         return size
@@ -58,6 +64,8 @@ async def fetch(ctx: Context, job: Job, task: TaskFile, a: Assignment,
     fetched = await fetch_piece(ctx.pool, task.task_id, a, make_sink, _timeout(ctx, size))
     if fetched.reason is not None:
         return failed(ctx, a, fetched.reason, fetched.millis, fetched.detail)
+    if received is not None:
+        received(a.piece)
     try:
         if sinks:  # hashed on the way to the file; the last attempt holds the bytes
             sink = sinks[-1]

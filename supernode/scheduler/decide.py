@@ -138,7 +138,9 @@ def fair_share(sw: Swarm, member: Member, cfg: SchedulerConfig) -> int:
     piece the share is the slots per peer, as many as a peer asks for.
     Only peers that asked count as newcomers: a registered peer that never
     asks must not hold the others back. (One that asked and went quiet
-    counts until it leaves or its heartbeat times out.)
+    counts until it leaves or its heartbeat times out.) Once no asking peer
+    is a newcomer, a peer may hold one attempt over the even share: the
+    successor it asks for ahead of time.
     """
     cdn = sw.cdn
     cap, cdn_cap = spread_caps(sw, cfg)
@@ -150,7 +152,9 @@ def fair_share(sw: Swarm, member: Member, cfg: SchedulerConfig) -> int:
             member.newcomer = True
             sw.newcomers += 1
         return newcomer
-    return (slots - sw.newcomers * newcomer) // sw.sources
+    # One more for the successor a peer asks for while a fetch is half done
+    # (engine.download.p2p): without it that request always came back "wait".
+    return (slots - sw.newcomers * newcomer) // sw.sources + (0 if sw.newcomers else 1)
 
 
 def cdn_share(sw: Swarm, cdn: Host, slots: int = 0) -> int:

@@ -160,3 +160,19 @@ def test_a_source_that_serves_nobody_is_never_overbooked(clock):
     seed_peer(s, T, B, [0])
     assert s.schedule(T, B, want=4).action == WAIT
     assert s.load(A) == 0
+
+
+def test_a_peer_may_hold_one_attempt_over_its_share_for_a_successor(clock):
+    # Three sources of 4 slots: an even share of 4 each. A peer fetching 4
+    # asks for the successor of a half-done one ahead of time; that fifth
+    # attempt is granted rather than answered "wait".
+    s = make(clock, cdn_upload_slots=0, peer_upload_slots=4, spread_slots=0,
+             overbook_below=0)
+    ready(s, T, 16)
+    seed_peer(s, T, A, range(16))
+    seed_peer(s, T, C, range(16))
+    seed_peer(s, T, B, [0])
+    assert len(s.schedule(T, B, want=4).grants) == 4
+    assert len(s.schedule(T, B, want=1).grants) == 1
+    assert s.schedule(T, B, want=1).action == WAIT
+    check(s)
