@@ -11,8 +11,9 @@ flight (an endgame copy) is not fetched twice but reported with the first.
 A finished peer keeps serving, as a dfdaemon does. Each schedule call costs
 ``rpc_s`` (the round trip to the supernode) before its transfers start. (The
 engine now asks for a successor when a fetch is half done, hiding that round
-trip; the sim does not, which costs it ``rpc_s`` per piece and slot, about
-0.6 % at the defaults.)
+trip, and starts that successor at once beside the fetch it follows; the
+sim does neither, which costs it ``rpc_s`` per piece and slot, about 0.6 %
+at the defaults.)
 
 The CDN holds the whole file from the start (in the lab it sits next to the
 origin, one loopback copy away), unless ``origin_bps`` feeds it piece by piece.
