@@ -4,16 +4,22 @@ The scheduler is ``supernode.scheduler.Scheduler`` itself, driven with the
 simulated clock, so what is measured is the shipped policy and its CPU cost,
 not a model of it. The peers follow the engine's download loop
 (``engine/download/p2p.py``): a round reports the results since the last one
-and asks for ``parallel - in flight`` pieces; after an ``assign`` the peer
-waits for its first transfer to end, after a ``wait`` for ``wait_ms`` or its
-first transfer, whichever is first; a piece assigned again while it is in
-flight (an endgame copy) is not fetched twice but reported with the first.
-A finished peer keeps serving, as a dfdaemon does. Each schedule call costs
-``rpc_s`` (the round trip to the supernode) before its transfers start. (The
-engine now asks for a successor when a fetch is half done, hiding that round
-trip, and starts that successor at once beside the fetch it follows; the
-sim does neither, which costs it ``rpc_s`` per piece and slot, about 0.6 %
-at the defaults.)
+and asks for ``parallel - in flight`` pieces; after a ``wait`` the peer asks
+again after ``wait_ms`` or when a transfer ends, whichever is first; a piece
+assigned again while it is in flight (an endgame copy) is not fetched twice
+but reported with the first. A finished peer keeps serving, as a dfdaemon
+does. Each schedule call costs ``rpc_s`` (the round trip to the supernode)
+before its transfers start.
+
+Asking ahead. The engine also asks for a piece's successor when the piece
+is NEAR_DONE and starts it at once, beside it: that hides the request, the
+first bytes and the TCP ramp, which in the lab cost tens of milliseconds
+per piece (engine.download.p2p). ``ask_ahead=True`` models it, but the
+fluid model has none of that latency to hide and only the cost: an extra
+flow sharing the receiver and more "wait" answers. 1,000 peers: T/bound
+1.174 without, 1.213 with (NEAR_DONE 0.5; 0.9 gives 1.195), so it is off by
+default and the sim's peers ask after each piece; the lab at N = 10 has the
+opposite sign (10.74 s without, 10.42 s with, means of 7 and 3 runs).
 
 The CDN holds the whole file from the start (in the lab it sits next to the
 origin, one loopback copy away), unless ``origin_bps`` feeds it piece by piece.
@@ -32,6 +38,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+from engine.download.piece import NEAR_DONE
 from engine.pieces import choose_piece_size
 from engine.types import PeerId, TaskId
 from perf.lab.bound import kumar_ross
@@ -55,6 +62,7 @@ class SimConfig:
     tick_s: float = 1.0
     seed: int = 1
     trace_s: float = 0.0                    # > 0: sample the swarm this often (diagnostics)
+    ask_ahead: bool = False                 # ask for a successor at NEAR_DONE, as the engine
 
     @property
     def piece_size(self) -> int:
@@ -63,7 +71,7 @@ class SimConfig:
 
 class _Peer:
     __slots__ = ("pid", "node", "inflight", "deferred", "results", "pending", "round_no",
-                 "done_at")
+                 "done_at", "near")
 
     def __init__(self, pid: PeerId, node: Node) -> None:
         self.pid = pid
@@ -74,6 +82,7 @@ class _Peer:
         self.pending = False                # a round is due (its rpc is under way)
         self.round_no = 0
         self.done_at: float | None = None
+        self.near: set[int] = set()         # pieces in flight past NEAR_DONE
 
 
 def simulate(cfg: SimConfig, scheduler_config: SchedulerConfig | None = None) -> dict:
@@ -102,7 +111,7 @@ def simulate(cfg: SimConfig, scheduler_config: SchedulerConfig | None = None) ->
         if p.results:
             sched.pieces_done(task, p.pid, p.results)
             p.results = []
-        d = sched.schedule(task, p.pid, cfg.parallel - len(p.inflight))
+        d = sched.schedule(task, p.pid, cfg.parallel + len(p.near) - len(p.inflight))
         stats["sched_s"] += clock() - t
         stats["calls"] += 1
         action = d.action
@@ -115,7 +124,10 @@ def simulate(cfg: SimConfig, scheduler_config: SchedulerConfig | None = None) ->
                 n_bytes = last if g.piece == pieces - 1 else piece
                 if src is cdn_node:
                     stats["cdn_bytes"] += n_bytes
-                p.inflight[g.piece] = net.start(src, p.node, n_bytes, (p, g.piece, g.source))
+                flow = p.inflight[g.piece] = net.start(src, p.node, n_bytes,
+                                                       (p, g.piece, g.source))
+                if cfg.ask_ahead:
+                    watch_near(p, g.piece, flow, n_bytes * (1 - NEAR_DONE))
         elif action == WAIT:
             stats["waits"] += 1
             no = p.round_no
@@ -126,6 +138,20 @@ def simulate(cfg: SimConfig, scheduler_config: SchedulerConfig | None = None) ->
             unfinished[0] -= 1
         else:
             raise RuntimeError(f"the scheduler answered {action}: {d.message}")
+
+    def watch_near(p: _Peer, piece: int, flow, left_at_near: float) -> None:
+        """Mark ``piece`` near done (and ask ahead) once ``flow`` has at most
+        ``left_at_near`` bytes left; rates change, so check and re-aim."""
+        def check() -> None:
+            if p.inflight.get(piece) is not flow or not flow.rate:
+                return                      # ended (or not moving: its end re-triggers)
+            left = flow.left - flow.rate * (net.now - flow.since)
+            if left <= left_at_near + 1:
+                p.near.add(piece)
+                trigger(p)
+            else:
+                net.at(net.now + (left - left_at_near) / flow.rate, check)
+        check()
 
     def trigger(p: _Peer) -> None:
         if p.pending or p.done_at is not None:
@@ -188,6 +214,7 @@ def simulate(cfg: SimConfig, scheduler_config: SchedulerConfig | None = None) ->
                 continue
             p, idx, source = flow.tag
             del p.inflight[idx]
+            p.near.discard(idx)
             p.results.append((idx, source))
             for dup in p.deferred.pop(idx, ()):
                 p.results.append((idx, dup))

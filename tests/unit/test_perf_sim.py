@@ -79,3 +79,16 @@ def test_trace_samples_the_swarm():
     assert r["trace"][0][0] == 0.0
     assert r["trace"][-1][5] <= 4
     assert all(0.0 <= row[2] <= 1.0 + 1e-9 for row in r["trace"])
+
+
+def test_asking_ahead_overlaps_a_successor_with_the_piece_it_follows():
+    # One peer, the CDN alone: without asking ahead a peer holds at most
+    # ``parallel`` transfers; asking at NEAR_DONE it holds a successor beside
+    # each one near its end (its four run in step here: eight at once), and
+    # it still gets every piece once.
+    base = SimConfig(n=1, file_bytes=16 * MIB, rpc_s=0.0, trace_s=0.05)
+    plain, ahead = simulate(base), simulate(SimConfig(**{**base.__dict__, "ask_ahead": True}))
+    assert max(row[1] for row in plain["trace"]) == 4
+    assert max(row[1] for row in ahead["trace"]) == 8
+    for r in (plain, ahead):
+        assert r["transfers"] == 16 and r["ratio"] >= 1.0
