@@ -51,7 +51,7 @@ from supernode.restore import restore
 from supernode.scheduler import DONE, Decision, Scheduler, UnknownPeer, UnknownTask
 from supernode.versions import (
     COMPLETE, CREDENTIAL_STATUSES, FAILED, JOIN, REVALIDATE, START, Entry, Version,
-    fingerprint, new_version_id, plan)
+    fingerprint, new_version_id, over_quota, plan)
 
 log = logging.getLogger(__name__)
 CDN_PEER = PeerId("cdn")
@@ -296,30 +296,23 @@ class SupernodeService:
         self._keep_quota()
 
     def _keep_quota(self) -> None:
-        """Remove finished files, least recently registered first, while the
-        cache holds more than ``cache_quota_mib``. A file some peer is still
-        registered for stays: its swarm may need the CDN's copy."""
+        """Keep the cache under ``cache_quota_mib`` (supernode.versions.over_quota)."""
         quota = self.config.cache_quota_mib << 20
         if not quota:
             return
-        done = [v for v in self.versions.values() if v.state == COMPLETE and v.layout]
-        size = sum(v.layout.length for v in done)
-        if size <= quota:
-            return
-        for v in sorted(done, key=lambda v: v.used_at):
-            if size <= quota:
-                break
-            if self._has_peers(v.id):
-                continue
+        for v in over_quota(list(self.versions.values()), quota, self._keeps):
             entry = self.entries.get(v.identity)
-            if entry is not None and entry.candidate is not None:
-                continue                    # a revalidation is deciding about it
             if entry is not None and entry.current is v:
                 del self.entries[v.identity]
             log.info("cache over its quota: removing %s (%d bytes)", v.url, v.layout.length)
             self._drop(v)
-            size -= v.layout.length
             self.counters["cache_evictions"] += 1
+
+    def _keeps(self, v: Version) -> bool:
+        """A file a peer is registered for (its swarm may need the CDN's copy),
+        or one a revalidation is deciding about, stays whatever the quota."""
+        entry = self.entries.get(v.identity)
+        return self._has_peers(v.id) or (entry is not None and entry.candidate is not None)
 
     # --- CdnListener -------------------------------------------------------------
 

@@ -37,6 +37,7 @@ import asyncio
 import hashlib
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -110,6 +111,24 @@ def plan(entry: Entry, now: float, fingerprint: str, negative_ttl: float) -> str
     if cur.state != COMPLETE or now < cur.fresh_until:
         return USE
     return JOIN if entry.candidate is not None else REVALIDATE
+
+
+def over_quota(versions: Iterable[Version], quota: int,
+               keep: Callable[[Version], bool]) -> list[Version]:
+    """The complete versions to remove so that those left hold at most
+    ``quota`` bytes: least recently registered first, never one ``keep``
+    says must stay (a peer is registered for it, or a revalidation is
+    deciding about it). May leave more than ``quota`` when too many must stay."""
+    done = [v for v in versions if v.state == COMPLETE and v.layout is not None]
+    size = sum(v.layout.length for v in done)
+    out: list[Version] = []
+    for v in sorted(done, key=lambda v: v.used_at):
+        if size <= quota:
+            break
+        if not keep(v):
+            out.append(v)
+            size -= v.layout.length
+    return out
 
 
 def fingerprint(url: str, headers: dict[str, str]) -> str:

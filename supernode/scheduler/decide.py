@@ -38,7 +38,8 @@ from random import Random
 
 from supernode.scheduler.config import SchedulerConfig
 from supernode.scheduler.model import Host, Member, Swarm
-from supernode.scheduler.policy import endgame, pick_source, random_order, rarest_first
+from supernode.scheduler.policy import (
+    capped, endgame, pick_source, random_order, rarest_first)
 from supernode.scheduler.registry import Registry
 from supernode.scheduler.results import Grant
 from supernode.scheduler.states import HEALTHY
@@ -145,7 +146,7 @@ def fair_share(sw: Swarm, member: Member, cfg: SchedulerConfig) -> int:
     cdn = sw.cdn
     cap, cdn_cap = spread_caps(sw, cfg)
     slots = (sw.sources * (cap or cfg.peer_upload_slots)
-             + (_limit(cdn.host, cdn_cap) if cdn is not None else 0))
+             + (capped(cdn.host.slots, cdn_cap) if cdn is not None else 0))
     newcomer = max(1, slots // max(1, len(sw.members) - 1))
     if not member.have:
         if not member.newcomer:
@@ -157,10 +158,10 @@ def fair_share(sw: Swarm, member: Member, cfg: SchedulerConfig) -> int:
     return (slots - sw.newcomers * newcomer) // sw.sources + (0 if sw.newcomers else 1)
 
 
-def cdn_share(sw: Swarm, cdn: Host, slots: int = 0) -> int:
+def cdn_share(sw: Swarm, cdn: Host, cap: int = 0) -> int:
     """How many attempts the CDN may serve one downloader at once: its slots
-    (``slots`` if given: its capped slots) over the task's peers, at least one."""
-    return max(1, (slots or cdn.slots) // max(1, len(sw.members) - 1))
+    (under the spread ``cap``) over the task's peers, at least one."""
+    return max(1, capped(cdn.slots, cap) // max(1, len(sw.members) - 1))
 
 
 def spread_caps(sw: Swarm, cfg: SchedulerConfig) -> tuple[int, int]:
@@ -185,8 +186,8 @@ def _cdn_pieces(member: Member, sw: Swarm, rng: Random, cdn_cap: int, *,
     as many to fall back on that the CDN is already sending elsewhere and no
     peer holds."""
     cdn = sw.cdn
-    slots = _limit(cdn.host, cdn_cap)
-    left = min(cdn_share(sw, cdn.host, slots) - member.from_cdn, slots - cdn.host.load)
+    left = min(cdn_share(sw, cdn.host, cdn_cap) - member.from_cdn,
+               capped(cdn.host.slots, cdn_cap) - cdn.host.load)
     if left <= 0:
         return [], []
     cdn_has, peer_count = sw.cdn_has, sw.peer_count
@@ -222,9 +223,5 @@ def stranded(member: Member) -> bool:
 
 
 def _serves(sw: Swarm, host: Host, cap: int = 0) -> bool:
-    return host.load < _limit(host, cap) and host.health == HEALTHY and host not in sw.blocked
-
-
-def _limit(host: Host, cap: int) -> int:
-    """``host``'s upload slots under ``cap`` (0: uncapped)."""
-    return min(host.slots, cap) if cap else host.slots
+    return (host.load < capped(host.slots, cap) and host.health == HEALTHY
+            and host not in sw.blocked)

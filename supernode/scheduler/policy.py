@@ -153,6 +153,11 @@ def _rotated(group: list[int], rng: Random) -> list[int]:
     return group[start:] + group[:start]
 
 
+def capped(slots: int, cap: int) -> int:
+    """A host's upload slots under a spread cap (``cap`` 0: no cap)."""
+    return min(slots, cap) if cap else slots
+
+
 def pick_source(holders: Sequence[H], cdn: H | None, *, location: str, rng: Random,
                 sample: int = 16, avoid: Collection[HostView] = _NOTHING,
                 exclude: Collection[HostView] = _NOTHING,
@@ -182,7 +187,7 @@ def pick_source(holders: Sequence[H], cdn: H | None, *, location: str, rng: Rand
     for member in window:
         host = member.host
         load, slots = host.load, host.slots
-        if cap and cap < slots:
+        if cap and cap < slots:         # capped(), inline: this loop is the hot path
             slots = cap
         if slots:                       # a host that serves nobody is never overbooked
             slots += over
@@ -203,7 +208,7 @@ def pick_source(holders: Sequence[H], cdn: H | None, *, location: str, rng: Rand
                 break                   # idle, near and unused: nothing beats it
     if cdn is not None and best_key >= 4.0:
         host = cdn.host
-        slots = min(host.slots, cdn_cap) if cdn_cap else host.slots
+        slots = capped(host.slots, cdn_cap)
         if (host.load < slots and host.health == HEALTHY and cdn.alive
                 and host not in blocked and host not in exclude):
             key = 4.0 + host.load / slots + (8.0 if host in avoid else 0.0)

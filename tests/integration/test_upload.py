@@ -130,18 +130,18 @@ def test_a_task_forgotten_mid_send_still_sends_its_own_bytes(seeded, tmp_path):
     store, task, data = seeded
     decoy = tmp_path / "decoy"
     decoy.write_bytes(b"\xee" * (4 * PIECE))
-    gate = asyncio.Event()
+    sending, gate = asyncio.Event(), asyncio.Event()
 
-    class Gate:
+    class Gate:                                     # holds the send before its first chunk
         async def acquire(self, nbytes):
+            sending.set()
             await gate.wait()
 
     async def main():
         async with UploadServer(store, pacer=Gate()) as server:
             get = asyncio.create_task(
                 _get(server.port, f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode()))
-            while not server._sending:              # the send has begun
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(sending.wait(), 10)   # the send has begun
             server.forget(task.task_id)
             decoys = [os.open(decoy, os.O_RDONLY) for _ in range(8)]
             try:

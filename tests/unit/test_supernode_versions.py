@@ -6,10 +6,11 @@ import math
 
 import pytest
 
+from engine.pieces import PieceLayout
 from engine.types import TaskId
 from supernode.versions import (
     COMPLETE, FAILED, JOIN, PENDING, REVALIDATE, RUNNING, START, USE, Entry, Version,
-    fingerprint, new_version_id, plan)
+    fingerprint, new_version_id, over_quota, plan)
 
 IDENT = TaskId("ab" * 32)
 
@@ -77,3 +78,21 @@ def test_grant_ledger():
     ledger.grant(task, b, 1, cdn)
     ledger.forget_task(task)
     assert len(ledger) == 0
+
+
+def test_over_quota_removes_least_recently_used_and_never_what_must_stay():
+    def version(name, mib, used_at, state=COMPLETE):
+        v = Version(TaskId.of(name), TaskId.of(name), False, state=state, used_at=used_at)
+        v.layout = PieceLayout(mib << 20, 1 << 20)
+        return v
+
+    old, kept, mid, new = (version("old", 3, 1), version("kept", 3, 2),
+                           version("mid", 3, 3), version("new", 3, 4))
+    running = version("running", 30, 0, state=RUNNING)   # not finished: never counted
+    every = [new, running, mid, kept, old]
+    assert over_quota(every, 12 << 20, keep=lambda v: False) == []
+    assert over_quota(every, 9 << 20, keep=lambda v: False) == [old]
+    # "kept" must stay: the next least recently used goes instead.
+    assert over_quota(every, 6 << 20, keep=lambda v: v is kept) == [old, mid]
+    # Everything must stay: over the quota, nothing to remove.
+    assert over_quota(every, 1, keep=lambda v: True) == []
