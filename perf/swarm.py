@@ -30,6 +30,7 @@ from perf.lab import report, tools  # noqa: E402
 from perf.lab.cpu import machine  # noqa: E402
 from perf.lab.netns import LabError, cleanup_leftovers  # noqa: E402
 from perf.lab.run import SYSTEMS, LabConfig, run_point  # noqa: E402
+from perf.lab.systems import damselfly  # noqa: E402
 
 QUICK = {"n_values": [1, 4], "file_mib": 16, "sim_n": [1, 4, 1000]}
 FAIRNESS = {
@@ -103,6 +104,8 @@ def run_sweep(cfg: LabConfig, sim_n: list[int], log=print) -> dict:
     results = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "machine": machine(), "tools": tools.versions(),
         "config": cfg.to_json(), "fairness": FAIRNESS[cfg.supernode_host], "points": []}
+    if "damselfly" in cfg.systems:
+        results["damselfly_build"] = damselfly.prepare()
     t0 = time.monotonic()
     for n in cfg.n_values:
         results["points"].append(run_point(cfg, n, log=log))

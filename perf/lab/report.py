@@ -2,7 +2,7 @@
 
 Pure functions of the results dict that ``perf/swarm.py`` builds::
 
-    {"generated", "machine", "tools", "config", "fairness",
+    {"generated", "machine", "tools", "config", "fairness", "damselfly_build",
      "points": [{"n", "bound": {"t_s", ...}, "goodput", "systems": {name: {...}}}],
      "sim": [{"n", "t_s", "bound_s", "ratio", "scheduler_cpu_s", ...}]}
 
@@ -79,6 +79,13 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
+def _build(build: dict | None) -> str:
+    if not build:
+        return ""
+    native = "native extension" if build.get("native") else "pure-Python fallback"
+    return f" damselfly at {build.get('commit', '?')}, {native}."
+
+
 def markdown(results: dict) -> str:
     cfg = results.get("config", {})
     systems = [s for s in cfg.get("systems", SYSTEM_LABELS) if s in SYSTEM_LABELS]
@@ -87,7 +94,7 @@ def markdown(results: dict) -> str:
         f"Generated {results.get('generated', '?')} on {m.get('hostname', '?')}: "
         f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, "
         f"{m.get('memory_gib', '?')} GiB, {m.get('os', '?')}, kernel {m.get('kernel', '?')}, "
-        f"Python {m.get('python', '?')}.",
+        f"Python {m.get('python', '?')}.{_build(results.get('damselfly_build'))}",
         "",
         f"File {cfg.get('file_mib')} MiB; origin {cfg.get('origin_mbit')} Mbit/s; hosts "
         f"{cfg.get('host_up_mbit')} up / {cfg.get('host_down_mbit')} down Mbit/s; latency "

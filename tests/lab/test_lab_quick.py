@@ -100,6 +100,7 @@ def test_quick_profile_every_copy_matches_and_nothing_is_left(tmp_path):
                 assert len(r["times"]) == point["n"]
     assert not problems, problems
     assert _ours() == []
+    assert results["damselfly_build"]["native"] is True
     md = report.markdown(results)
     assert "| 4 |" in md
     print(f"quick profile: {elapsed:.0f} s")

@@ -65,6 +65,13 @@ def test_markdown_has_a_row_per_n_and_the_machine():
     assert "| sim T / bound at N=10000 | 1.19 | <= 1.2 | pass |" in md
 
 
+def test_markdown_says_which_build_of_damselfly_was_measured():
+    results = _results()
+    assert "damselfly at" not in report.markdown(results)
+    results["damselfly_build"] = {"commit": "abc1234+dirty", "native": True}
+    assert "damselfly at abc1234+dirty, native extension." in report.markdown(results)
+
+
 def test_write_makes_json_markdown_and_png(tmp_path):
     try:
         import matplotlib  # noqa: F401

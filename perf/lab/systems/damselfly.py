@@ -8,22 +8,60 @@ the supernode on its host's; the CDN fetches the file from nginx once.
 All daemons are up (their ready files written) before the clock starts, as
 the other systems' servers are; then every client's ``dfget`` starts at once
 and its exit marks its completion. Bytes the origin sent: nginx's log.
+
+``prepare`` runs once per sweep, before any clock: it compiles the repo's
+bytecode (under PYTHONDONTWRITEBYTECODE every process would otherwise compile
+its modules from source as it starts, 40 dfgets at once included) and refuses
+to measure the pure-Python fallback of ``native`` instead of the extension.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
+import subprocess
 import sys
 
 import orjson
 
 from perf.lab.procs import Finish, read_log
-from perf.lab.systems.common import Outcome, Setup, clean_env, wait_file
+from perf.lab.netns import LabError
+from perf.lab.systems.common import REPO, Outcome, Setup, clean_env, wait_file
 from perf.lab.systems.nginx import Nginx
 
 
 def _module(name: str) -> list[str]:
     return [sys.executable, "-m", name]
+
+
+def prepare() -> dict:
+    """Bytecode compiled, the native extension loadable as the lab's processes load it.
+
+    Returns what the report records about the build: the commit (``+dirty``
+    when the tree has changes) and whether the native extension is in use.
+    """
+    for package in ("engine", "supernode", "native"):
+        compileall.compile_dir(os.path.join(REPO, package), quiet=1)
+    check = subprocess.run([sys.executable, "-c", "import native; print(native.NATIVE); "
+                            "print(native.LOAD_ERROR)"], capture_output=True, text=True,
+                           env=clean_env(), cwd=REPO, timeout=60)
+    lines = check.stdout.splitlines()
+    if check.returncode or not lines or lines[0] != "True":
+        why = lines[1] if len(lines) > 1 else check.stderr.strip()
+        raise LabError(f"the native extension does not load from {REPO} ({why}); the lab "
+                       "would measure the pure-Python fallback. Build it with `pip install "
+                       "--no-build-isolation -e .` in that tree")
+    return {"commit": _commit(), "native": True}
+
+
+def _commit() -> str:
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode:
+        return "unknown"
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def run_damselfly(setup: Setup) -> Outcome:
