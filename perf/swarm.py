@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--supernode-host", choices=("origin", "own"), default="origin")
     p.add_argument("--workers", type=int, default=d.workers, help="dfdaemon workers per host")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per system run")
+    p.add_argument("--repeat", type=_at_least_one, default=d.repeat,
+                   help="runs of each system per N, interleaved; the run with the median "
+                        "median time is reported, every run's times are listed")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--sim-n", type=int, nargs="*", default=None,
                    help="simulated swarm sizes beyond the lab's (default 1000 10000; "
@@ -74,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-logs", default="", metavar="DIR",
                    help="copy every run's process logs under DIR")
     return p
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def config_from(args) -> LabConfig:
@@ -90,6 +100,7 @@ def config_from(args) -> LabConfig:
     cfg.origin_mbit, cfg.latency_ms = args.origin_mbit, args.latency_ms
     cfg.systems, cfg.supernode_host = list(args.systems), args.supernode_host
     cfg.workers, cfg.timeout, cfg.seed = args.workers, args.timeout, args.seed
+    cfg.repeat = args.repeat
     cfg.keep_logs = args.keep_logs
     return cfg
 

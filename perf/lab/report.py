@@ -129,6 +129,16 @@ def markdown(results: dict) -> str:
             row.append("—" if cpu is None else f"{cpu * 100:.0f} %" + (" !" if r.get("cpu_bound")
                                                                        else ""))
         lines.append("| " + " | ".join(row) + " |")
+    repeats = [(p["n"], s, _sys(p, s)["runs"]) for p in results.get("points", [])
+               for s in systems if _sys(p, s) and _sys(p, s).get("runs")]
+    if repeats:
+        lines += ["", f"Each system ran {len(repeats[0][2])} times per N, interleaved; the "
+                  "table shows the run with the median median time. Every run's median "
+                  "time (slowest host):", ""]
+        for n, s, runs in repeats:
+            times = ", ".join("failed" if not r.get("ok") else
+                              f"{_t(r.get('median_s'))} ({_t(r.get('slowest_s'))})" for r in runs)
+            lines.append(f"- N={n} {s}: {times}")
     failures = [(p["n"], s, _sys(p, s)) for p in results.get("points", []) for s in systems
                 if _sys(p, s) and not _sys(p, s).get("ok")]
     for n, s, r in failures:

@@ -29,7 +29,9 @@ import os
 import random
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from perf.lab import probe
 from perf.lab.bound import kumar_ross, which_term
@@ -55,6 +57,7 @@ class LabConfig:
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     supernode_host: str = "origin"          # "origin" (shared) or "own"
     workers: int = 1                        # dfdaemon worker processes per host
+    repeat: int = 1                         # runs of each system per N (the median run counts)
     timeout: float = 900.0                  # seconds per system run
     probe_seconds: float = 3.0
     seed: int = 1
@@ -114,41 +117,70 @@ def run_point(config: LabConfig, n: int, log=print) -> dict:
             f"bound {point['bound']['t_s']:.2f} s ({point['bound']['term']})")
         file_path = os.path.join(lab.dir, "file.bin")
         digest = make_file(file_path, config.file_size, config.seed)
-        for system in config.systems:
-            work = os.path.join(lab.dir, system)
-            os.makedirs(work)
-            with Procs(os.path.join(work, "logs")) as procs:
-                monitor = CpuMonitor()
-                setup = Setup(clients, origin, servers, sn_host, file_path, config.file_size,
-                              digest, work, procs, timeout=config.timeout,
-                              options={"workers": config.workers,
-                                       "bt_piece_size": config.bt_piece_kib * 1024},
-                              on_start=monitor.__enter__)
-                before = lab.sent_bytes()
-                try:
-                    outcome = RUNNERS[system](setup)
-                    error = None
-                except Exception as exc:          # one broken system must not end the sweep
-                    outcome, error = None, f"{type(exc).__name__}: {exc}"
-                finally:
-                    if monitor.started:
-                        monitor.__exit__(None, None, None)
-                procs.close()
-                after = lab.sent_bytes()
-            result = _summarise(system, outcome, error, monitor, before, after, clients,
-                                servers, digest, config)
-            _keep_logs(work, result)
-            if config.keep_logs and os.path.isdir(os.path.join(work, "logs")):
-                shutil.copytree(os.path.join(work, "logs"),
-                                os.path.join(config.keep_logs, f"n{n}-{system}"),
-                                dirs_exist_ok=True)
-            point["systems"][system] = result
-            shutil.rmtree(work, ignore_errors=True)
-            log(f"N={n} {system}: median {result.get('median_s')} s, slowest "
-                f"{result.get('slowest_s')} s, ok {result['ok']}, cpu {result['cpu_mean']}"
-                + (f", error {result['error']}" if result.get("error") else ""))
+        setup = partial(Setup, clients, origin, servers, sn_host, file_path, config.file_size,
+                        digest, timeout=config.timeout,
+                        options={"workers": config.workers,
+                                 "bt_piece_size": config.bt_piece_kib * 1024})
+        runs: dict[str, list[dict]] = {system: [] for system in config.systems}
+        for rep in range(config.repeat):   # interleaved: drift in the machine hits all alike
+            for system in config.systems:
+                tag = f"{system}-{rep + 1}"
+                result = _run_system(RUNNERS[system], system, setup, os.path.join(lab.dir, tag),
+                                     lab, config, keep_as=f"n{n}-{tag}")
+                runs[system].append(result)
+                log(f"N={n} {system}" + (f" run {rep + 1}/{config.repeat}"
+                                          if config.repeat > 1 else "")
+                    + f": median {result.get('median_s')} s, slowest "
+                    f"{result.get('slowest_s')} s, ok {result['ok']}, cpu {result['cpu_mean']}"
+                    + (f", error {result['error']}" if result.get("error") else ""))
+        point["systems"] = {system: representative(rs) for system, rs in runs.items()}
     point["namespaces_left"] = [ns for ns in lab.namespaces()]
     return point
+
+
+def _run_system(runner, system: str, make_setup: Callable[..., Setup], work: str, lab: Lab,
+                config: LabConfig, keep_as: str) -> dict:
+    """One run of one system on the lab, from the clean working directory ``work``."""
+    os.makedirs(work)
+    with Procs(os.path.join(work, "logs")) as procs:
+        monitor = CpuMonitor()
+        setup = make_setup(work, procs, on_start=monitor.__enter__)
+        clients, servers, digest = setup.clients, setup.servers, setup.sha256
+        before = lab.sent_bytes()
+        try:
+            outcome = runner(setup)
+            error = None
+        except Exception as exc:          # one broken system must not end the sweep
+            outcome, error = None, f"{type(exc).__name__}: {exc}"
+        finally:
+            if monitor.started:
+                monitor.__exit__(None, None, None)
+        procs.close()
+        after = lab.sent_bytes()
+    result = _summarise(system, outcome, error, monitor, before, after, clients,
+                        servers, digest, config)
+    _keep_logs(work, result)
+    if config.keep_logs and os.path.isdir(os.path.join(work, "logs")):
+        shutil.copytree(os.path.join(work, "logs"), os.path.join(config.keep_logs, keep_as),
+                        dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def representative(runs: list[dict]) -> dict:
+    """The run that stands for a system at one N: the first failed run if any
+    failed (a failure is never averaged away), else the run with the median
+    median time (the lower middle of an even count). With more than one run
+    it carries ``runs``: every run's median, slowest and CPU, in run order."""
+    failed = [r for r in runs if not r["ok"]]
+    if failed:
+        chosen = failed[0]
+    else:
+        chosen = sorted(runs, key=lambda r: r["median_s"])[(len(runs) - 1) // 2]
+    if len(runs) == 1:
+        return chosen
+    return {**chosen, "runs": [{"median_s": r.get("median_s"), "slowest_s": r.get("slowest_s"),
+                                "cpu_mean": r.get("cpu_mean"), "ok": r["ok"]} for r in runs]}
 
 
 def _bound(config: LabConfig, good: probe.Goodput, clients, servers) -> dict:

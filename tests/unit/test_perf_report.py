@@ -72,6 +72,25 @@ def test_markdown_says_which_build_of_damselfly_was_measured():
     assert "damselfly at abc1234+dirty, native extension." in report.markdown(results)
 
 
+def test_repeated_runs_report_the_median_run_and_list_every_run():
+    from perf.lab.run import representative
+
+    runs = [_system(10.0, 10.5), _system(9.0, 9.4), _system(12.0, 12.9)]
+    chosen = representative(runs)
+    assert (chosen["median_s"], chosen["slowest_s"]) == (10.0, 10.5)
+    assert [r["median_s"] for r in chosen["runs"]] == [10.0, 9.0, 12.0]
+    assert representative(runs[:2])["median_s"] == 9.0   # even count: the lower middle
+    assert "runs" not in representative(runs[:1])
+    failed = representative([runs[0], _system(None, None, ok=False), runs[1]])
+    assert failed["ok"] is False and len(failed["runs"]) == 3
+
+    results = _results()
+    results["points"][2]["systems"]["damselfly"] = chosen
+    md = report.markdown(results)
+    assert "| 40 | 8.39 | 168.00 / 170.00 | 40.00 | 50 % | 10.00 / 10.50 |" in md
+    assert "- N=40 damselfly: 10.00 (10.50), 9.00 (9.40), 12.00 (12.90)" in md
+
+
 def test_write_makes_json_markdown_and_png(tmp_path):
     try:
         import matplotlib  # noqa: F401

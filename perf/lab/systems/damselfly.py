@@ -24,8 +24,8 @@ import sys
 
 import orjson
 
-from perf.lab.procs import Finish, read_log
 from perf.lab.netns import LabError
+from perf.lab.procs import Finish, read_log
 from perf.lab.systems.common import REPO, Outcome, Setup, clean_env, wait_file
 from perf.lab.systems.nginx import Nginx
 
@@ -42,9 +42,9 @@ def prepare() -> dict:
     """
     for package in ("engine", "supernode", "native"):
         compileall.compile_dir(os.path.join(REPO, package), quiet=1)
-    check = subprocess.run([sys.executable, "-c", "import native; print(native.NATIVE); "
-                            "print(native.LOAD_ERROR)"], capture_output=True, text=True,
-                           env=clean_env(), cwd=REPO, timeout=60)
+    code = "import native; print(native.NATIVE); print(native.LOAD_ERROR)"
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=clean_env(), cwd=REPO, timeout=60, check=False)
     lines = check.stdout.splitlines()
     if check.returncode or not lines or lines[0] != "True":
         why = lines[1] if len(lines) > 1 else check.stderr.strip()
@@ -56,11 +56,11 @@ def prepare() -> dict:
 
 def _commit() -> str:
     head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if head.returncode:
         return "unknown"
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+                           capture_output=True, text=True, check=False).stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
