@@ -18,3 +18,8 @@ def test_prepare_refuses_to_measure_the_fallback(monkeypatch):
     monkeypatch.setenv("DAMSELFLY_NO_NATIVE", "1")
     with pytest.raises(LabError, match="pure-Python fallback"):
         damselfly.prepare()
+
+
+def test_the_commit_is_unknown_without_git(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert damselfly._commit() == "unknown"

@@ -55,12 +55,18 @@ def prepare() -> dict:
 
 
 def _commit() -> str:
-    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True, check=False)
-    if head.returncode:
+    """The short commit of REPO, ``+dirty`` with uncommitted changes; "unknown"
+    outside a git checkout or without git."""
+    try:
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=False)
+        if head.returncode:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
         return "unknown"
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
