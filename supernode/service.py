@@ -11,11 +11,8 @@ while it holds a half-made change, so each call applies atomically with
 respect to the others. ``register`` awaits only while a revalidation asks the
 origin whether a cached file changed (bounded by ``revalidate_timeout``).
 
-Result reports are checked before any is applied, so a bad batch changes
-nothing: a piece out of range, a source that was neither granted the piece
-(supernode.ledger) nor holds it, or a piece reported as fetched elsewhere (``source`` = the
-reporting peer itself) before the CDN published its digest (downloaders could
-not verify it) are refused with BadInput.
+Result reports are checked before any is applied (supernode.reports), so a
+bad batch changes nothing.
 
 Failures: an origin that refuses or breaks (OriginError, IntegrityError)
 makes the version fail for good and every peer gets ``fail`` with the
@@ -47,6 +44,7 @@ from supernode.cdn import Cdn, FetchRequest, RetryPolicy
 from supernode.config import SupernodeConfig
 from supernode.ledger import GrantLedger
 from supernode.origin import OriginClient, Validators
+from supernode.reports import check_results
 from supernode.restore import restore
 from supernode.scheduler import DONE, Decision, Scheduler, UnknownPeer, UnknownTask
 from supernode.versions import (
@@ -134,7 +132,7 @@ class SupernodeService:
         v = self._version(req.task_id)
         self.counters["schedules"] += 1
         peer = req.peer_id
-        done, failed = self._check_results(v, req)
+        done, failed = check_results(v, req, self._ledger, self.scheduler)
         if done:
             self.scheduler.pieces_done(v.id, peer, done)
         for piece, source, reason in failed:
@@ -186,32 +184,6 @@ class SupernodeService:
         if v is None:
             raise UnknownTask(f"task {task_id} is not known here (register first)")
         return v
-
-    def _check_results(self, v: Version, req: ScheduleRequest):
-        if not req.results:
-            return [], []
-        self.scheduler.in_flight(v.id, req.peer_id)  # raises UnknownPeer if not in the task
-        if v.layout is None:
-            raise BadInput(f"task {v.id} has no known length yet; nothing can be reported")
-        done, failed = [], []
-        for r in req.results:
-            if r.piece >= v.layout.count:
-                raise BadInput(f"piece {r.piece} out of range (task has {v.layout.count})")
-            if r.ok and r.source == req.peer_id:
-                if v.digests[r.piece] is None:
-                    raise BadInput(f"piece {r.piece} has no published digest yet; "
-                                   "it cannot have been verified")
-                done.append((r.piece, None))
-                continue
-            if (not self._ledger.granted(v.id, req.peer_id, r.piece, r.source)
-                    and r.source not in self.scheduler.holders(v.id, r.piece)):
-                raise BadInput(f"piece {r.piece} was never assigned from {r.source}, "
-                               "which does not hold it")
-            if r.ok:
-                done.append((r.piece, r.source))
-            else:
-                failed.append((r.piece, r.source, r.reason))
-        return done, failed
 
     # --- versions ------------------------------------------------------------------
 
