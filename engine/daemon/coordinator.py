@@ -13,8 +13,8 @@ MAX_ATTEMPTS, after their tasks were started over cleanly (see
 ``_restart_tasks``).
 
 Timers, not polling: an idle daemon waits on its sockets, on the workers'
-exits and on two timers (GC of the task that expires first, and idle exit),
-so it uses no CPU. One event loop owns every field; nothing is thread-safe.
+exits and on two timers (GC of the task that expires first, and idle exit:
+engine.daemon.idle), so it uses no CPU. One event loop owns every field; nothing is thread-safe.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from engine.control import ControlBlock
 from engine.daemon.config import DaemonConfig
 from engine.daemon.gc import ExpiryTable
 from engine.daemon.hostinfo import advertise_ip, data_dir_lock, load_peer_id, reserve_port
+from engine.daemon.idle import IdleExit
 from engine.daemon.jobs import Job, JobTable
 from engine.daemon.supervisor import Supervisor
 from engine.errors import BrokenByPeer, ConfigError, DamselflyError
@@ -64,8 +65,9 @@ class Coordinator:
         self._retired: dict[str, dict[str, int]] = {"download": {}, "upload": {}}
         self._last_stats: dict[int, dict] = {}
         self._gc_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._uploads_at_idle = 0
+        self.idle = IdleExit(config.idle_exit_seconds, config.idle_exit,
+                             busy=lambda: bool(self._clients or self.table),
+                             uploaded=self._uploaded, spawn=self._spawn, exit=self.stop)
         self._session = None  # aiohttp, only to leave tasks at the supernodes
 
     def stop(self) -> None:
@@ -101,7 +103,7 @@ class Coordinator:
             stack.callback(self._cancel_timers)
             self._announce_ready(stack)
             self._arm_gc()
-            self._arm_idle()
+            self.idle.arm()
             log.info("dfdaemon ready: peer %s, upload port %d, %d workers, socket %s",
                      self.peer_id, self.upload_port, self.config.worker_count,
                      self.config.socket_path)
@@ -156,7 +158,7 @@ class Coordinator:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         me = asyncio.current_task()
         self._clients.add(me)
-        self._cancel_idle()
+        self.idle.cancel()
         channel = Channel(reader, writer)
         try:
             message = await channel.receive()
@@ -176,7 +178,7 @@ class Coordinator:
         finally:
             self._clients.discard(me)
             await channel.aclose()
-            self._arm_idle()
+            self.idle.arm()
 
     async def _download(self, channel: Channel, command: DownloadCommand) -> None:
         try:
@@ -317,41 +319,8 @@ class Coordinator:
 
     # --- timers ------------------------------------------------------------------
 
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _arm_idle(self) -> None:
-        idle = self.config.idle_exit_seconds
-        if idle > 0 and not self._clients and not self.table and self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(
-                idle, lambda: self._spawn(self._idle_exit()))
-            self._spawn(self._note_uploads())
-
     async def _uploaded(self) -> int:
         return (await self.stats())["upload"].get("pieces", 0)
-
-    async def _note_uploads(self) -> None:
-        self._uploads_at_idle = await self._uploaded()
-
-    async def _idle_exit(self) -> None:
-        """The idle time is up: exit, unless pieces were uploaded meanwhile.
-
-        Serving other peers counts as use: a daemon that exits while the
-        swarm still fetches from it takes a source away. The workers are
-        asked at the start and the end of an idle period, so an idle daemon
-        still polls nothing.
-        """
-        self._idle_timer = None
-        uploaded = await self._uploaded()
-        if self._clients or self.table or self._idle_timer is not None:
-            return                          # a request came in meanwhile
-        if uploaded != self._uploads_at_idle:
-            self._arm_idle()                # it served peers: another period
-            return
-        log.info("no requests and no uploads for %s; exiting", self.config.idle_exit)
-        self.stop()
 
     def _arm_gc(self) -> None:
         if self._gc_timer is not None:
@@ -375,9 +344,9 @@ class Coordinator:
         self._arm_gc()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._gc_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+        self.idle.cancel()
 
 
 async def _wait_eof(channel: Channel, job: Job) -> None:
