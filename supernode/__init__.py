@@ -9,6 +9,7 @@ Modules, from the outside in::
     service    glue: registrations -> versions -> scheduler events, CDN progress
     versions   identity -> version rules (revalidation, negative cache), pure
     ledger     grants per peer, to check reported results
+    reports    a batch of reported results checked before any is applied, pure
     restore    the cache again after a restart
     cdn        one streaming back-to-source fetch per version, with resume
     sinks      origin bytes -> pieces in the store (or a spool), hashed off-loop
