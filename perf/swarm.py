@@ -28,7 +28,7 @@ if REPO not in sys.path:
 
 from perf.lab import report, tools  # noqa: E402
 from perf.lab.cpu import machine  # noqa: E402
-from perf.lab.netns import LabError, cleanup_leftovers  # noqa: E402
+from perf.lab.netns import MAX_MTU, MIN_MTU, LabError, cleanup_leftovers  # noqa: E402
 from perf.lab.run import SYSTEMS, LabConfig, run_point  # noqa: E402
 from perf.lab.systems import damselfly  # noqa: E402
 
@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host-down-mbit", type=float, default=None)
     p.add_argument("--latency-ms", type=float, default=0,
                    help="one-way delay added on each host's egress (needs netem)")
+    p.add_argument("--mtu", type=_mtu, default=d.mtu,
+                   help=f"MTU of every lab link (default {d.mtu}: jumbo frames, see "
+                        "perf/README.md)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--supernode-host", choices=("origin", "own"), default="origin")
     p.add_argument("--workers", type=int, default=d.workers, help="dfdaemon workers per host")
@@ -86,6 +89,13 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _mtu(text: str) -> int:
+    value = int(text)
+    if not MIN_MTU <= value <= MAX_MTU:
+        raise argparse.ArgumentTypeError(f"must be {MIN_MTU}-{MAX_MTU}, got {value}")
+    return value
+
+
 def config_from(args) -> LabConfig:
     cfg = LabConfig()
     if args.quick:
@@ -98,6 +108,7 @@ def config_from(args) -> LabConfig:
     cfg.host_up_mbit = args.host_up_mbit or host or cfg.host_up_mbit
     cfg.host_down_mbit = args.host_down_mbit or host or cfg.host_down_mbit
     cfg.origin_mbit, cfg.latency_ms = args.origin_mbit, args.latency_ms
+    cfg.mtu = args.mtu
     cfg.systems, cfg.supernode_host = list(args.systems), args.supernode_host
     cfg.workers, cfg.timeout, cfg.seed = args.workers, args.timeout, args.seed
     cfg.repeat = args.repeat

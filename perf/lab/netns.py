@@ -18,6 +18,13 @@ netem qdisc under the upload class (one-way delay per host, so the RTT
 between two hosts is the sum of their delays); kernels without netem refuse
 it with a clear error rather than running without it.
 
+MTU: every link of a lab has the same MTU, 1500 unless the lab is built with
+another (``mtu``). The emulated path costs CPU per packet: each one is
+queued by two HTB classes and crosses two veth pairs and the bridge, work
+that a real NIC does in hardware. The sweep runs at 9000, the jumbo frames
+of datacenter networks (EC2 inside a VPC: 9001), which carries the same
+bytes in about a third of the packets (``perf.lab.run.LabConfig.mtu``).
+
 Cleanup: ``Lab.close`` kills every process left in the lab's namespaces and
 deletes them; it runs on normal exit, on SIGINT/SIGTERM (turned into
 exceptions while the lab is open), and from ``atexit``. ``cleanup_leftovers``
@@ -44,6 +51,7 @@ import time
 from dataclasses import dataclass
 
 PREFIX = "dfl-"
+MIN_MTU, MAX_MTU = 576, 65535   # IPv4's smallest datagram every host must take; veth's largest
 _NS_RE = re.compile(r"^dfl-(\d+)-")
 
 
@@ -141,7 +149,10 @@ class Host:
 class Lab:
     """A bridge and its hosts; a context manager that removes everything on exit."""
 
-    def __init__(self, subnet: str = "10.77.0.0/24", *, run_root: str = "/tmp") -> None:
+    def __init__(self, subnet: str = "10.77.0.0/24", *, run_root: str = "/tmp",
+                 mtu: int = 1500) -> None:
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise LabError(f"lab MTU must be {MIN_MTU}-{MAX_MTU}, got {mtu}")
         if os.geteuid() != 0:
             raise LabError("the network lab needs root (ip netns, tc)")
         for tool in ("ip", "tc"):
@@ -150,6 +161,7 @@ class Lab:
         self.net = ipaddress.ip_network(subnet)
         if not self.net.is_private or self.net.prefixlen < 16:
             raise LabError(f"lab subnet must be a private /16 or smaller, got {subnet}")
+        self.mtu = mtu
         self.pid = os.getpid()
         self.prefix = f"{PREFIX}{self.pid}-"
         self.switch = f"{self.prefix}sw"
@@ -179,7 +191,7 @@ class Lab:
         os.makedirs(self.dir, exist_ok=True)
         sh("ip", "netns", "add", self.switch)
         self._ip_n(self.switch, "link", "set", "lo", "up")
-        self._ip_n(self.switch, "link", "add", "br0", "type", "bridge")
+        self._ip_n(self.switch, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
         self._ip_n(self.switch, "link", "set", "br0", "up")
 
     def close(self) -> None:
@@ -220,8 +232,9 @@ class Lab:
         sh("ip", "netns", "add", host.ns)
         self.hosts[name] = host
         self._ip_n(host.ns, "link", "set", "lo", "up")
-        self._ip_n(self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                   "netns", host.ns)
+        mtu = str(self.mtu)
+        self._ip_n(self.switch, "link", "add", port, "mtu", mtu, "type", "veth",
+                   "peer", "name", "eth0", "mtu", mtu, "netns", host.ns)
         self._ip_n(self.switch, "link", "set", port, "master", "br0", "up")
         self._ip_n(host.ns, "link", "set", "eth0", "address", mac_of(host.ip))
         self._ip_n(host.ns, "addr", "add", f"{host.ip}/{self.net.prefixlen}", "dev", "eth0")

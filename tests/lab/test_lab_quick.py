@@ -8,6 +8,7 @@ lab is left afterwards. Timings are the benchmark's business, not the tests'.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -40,14 +41,18 @@ def _ours() -> list[str]:
 
 def test_lab_shapes_hosts_and_removes_everything():
     from perf.lab import probe
-    from perf.lab.netns import Lab
+    from perf.lab.netns import Lab, sh
     from perf.lab.procs import Procs
 
-    with Lab() as lab:
+    with Lab(mtu=9000) as lab:
         hosts = [lab.add_host(f"h{i}", 10 + i, up_mbit=50, down_mbit=80) for i in range(2)]
         server = lab.add_host("origin", 1, up_mbit=120, down_mbit=120)
         sink = lab.add_host("sink", 250)
         assert len(_ours()) == 5                       # the switch and four hosts
+        for ns, dev in [(lab.switch, "br0"), (lab.switch, hosts[0].switch_port),
+                        (hosts[0].ns, "eth0"), (sink.ns, "eth0")]:
+            link = json.loads(sh("ip", "-n", ns, "-j", "link", "show", dev).stdout)[0]
+            assert link["mtu"] == 9000, (ns, dev)
         with Procs(os.path.join(lab.dir, "logs")) as procs:
             sleeper = procs.start(hosts[0], ["sleep", "600"], log="sleep.log")
             good = probe.measure(lab, procs, hosts, [server], sink, seconds=2.5, warmup=1.0)
