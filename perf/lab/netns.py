@@ -23,7 +23,7 @@ another (``mtu``). The emulated path costs CPU per packet: each one is
 queued by two HTB classes and crosses two veth pairs and the bridge, work
 that a real NIC does in hardware. The sweep runs at 9000, the jumbo frames
 of datacenter networks (EC2 inside a VPC: 9001), which carries the same
-bytes in about a third of the packets (``perf.lab.run.LabConfig.mtu``).
+bytes in fewer than half the packets (``perf.lab.run.LabConfig.mtu``).
 
 Cleanup: ``Lab.close`` kills every process left in the lab's namespaces and
 deletes them; it runs on normal exit, on SIGINT/SIGTERM (turned into
