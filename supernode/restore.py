@@ -11,6 +11,10 @@ wins and the other is removed.
 
 Freshness carries over: a version validated ``age`` seconds ago (wall clock,
 stored in the meta) is fresh for ``revalidate_after - age`` more seconds.
+So does, roughly, the cache's least-recently-used order: the last use is
+not stored (it would cost a write per registration), so a restored version
+counts as last used when the origin last confirmed it, ``age`` seconds
+before the restart, and so before anything registered after it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def restore(store: PieceStore, now: float, wall: float, revalidate_after: float)
                     Validators(meta.etag, meta.last_modified))
         v.fresh_until = math.inf if pinned else \
             now + validated_at(meta) + revalidate_after - wall
+        v.used_at = now - max(0.0, wall - validated_at(meta))
         out.append(v)
     return out
 

@@ -210,3 +210,34 @@ def test_the_cache_keeps_to_its_quota_least_recently_used_first(tmp_path):
                 assert node.service.counters["cache_evictions"] == 3
             assert origin.requests == {"one": 2, "two": 2, "three": 1}
     run(main())
+
+
+def test_after_a_restart_the_version_confirmed_longest_ago_is_evicted_first(tmp_path):
+    # The last use is not stored; the last validation stands in for it.
+    # Both orders are run, so the store's scan order cannot make this pass.
+    data = {"x": blob(3 * MiB), "y": blob(3 * MiB), "z": blob(2 * MiB)}
+
+    async def main(root, older: str, newer: str):
+        clock = FakeClock()
+        settings = {"cache_quota_mib": 7, "heartbeat_timeout": 1e6, "assignment_timeout": 1e6}
+        async with Origin() as origin:
+            for name, body in data.items():
+                origin.add(name, body)
+            ids = {}
+            async with supernode(root, clock, **settings) as node, peers(node, "a") as (a,):
+                for name in (older, newer):
+                    result = await a.download(origin.url(name))
+                    assert result.data == data[name]
+                    ids[name] = result.view.task_id
+                    clock.advance(10)
+            async with supernode(root, clock, **settings) as node, peers(node, "b") as (b,):
+                assert set(node.service.versions) == set(ids.values())
+                assert (await b.download(origin.url("z"))).data == data["z"]  # 8 MiB: over
+                await until(lambda: ids[older] not in node.service.versions)
+                await asyncio.sleep(0.3)                                    # several ticks
+                assert ids[newer] in node.service.versions
+                assert node.service.counters["cache_evictions"] == 1
+            assert origin.requests == {older: 1, newer: 1, "z": 1}
+
+    run(main(tmp_path / "xy", "x", "y"))
+    run(main(tmp_path / "yx", "y", "x"))
