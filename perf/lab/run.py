@@ -55,10 +55,11 @@ class LabConfig:
     host_up_mbit: float = 100
     host_down_mbit: float = 100
     latency_ms: float = 0
-    # Jumbo frames: the same bytes in a third of the packets, and the lab's
-    # per-packet emulation is its largest cost (perf.lab.netns). At N = 20
-    # it took damselfly from 11.97 to 11.14 s and aria2 from 15.6 to 15.3 s,
-    # and the measured goodput (so the bound) from 95.7 to 99.3 Mbit/s.
+    # Jumbo frames: the same bytes in fewer than half the packets, and the
+    # lab pays for its emulated network in CPU, per packet (perf.lab.netns).
+    # At N = 20 it took damselfly from 11.97 to 11.14 s and aria2 from 15.6
+    # to 15.3 s, and the measured goodput (so the bound) from 95.7 to 99.3
+    # Mbit/s.
     mtu: int = 9000
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     supernode_host: str = "origin"          # "origin" (shared) or "own"
