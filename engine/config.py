@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -253,6 +252,8 @@ class ConfigSpec(Generic[T]):
 
 
 def read_toml(path: str) -> dict[str, Any]:
+    import tomllib  # only with a config file: most command lines have none
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

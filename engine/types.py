@@ -3,11 +3,14 @@
 Each value is a frozen, slotted dataclass that validates when it is built, so
 a value that exists is a valid value. Parsing from text goes through named
 constructors (``Digest.parse``, ``TaskId.of``); ``__init__`` only checks.
+
+``hashlib`` is imported inside the methods that hash: loading it starts
+OpenSSL, a few milliseconds that dfget (which imports this module and never
+hashes) would pay at every start.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import NewType
@@ -34,6 +37,7 @@ class TaskId:
     @classmethod
     def of(cls, *parts: str) -> TaskId:
         """Hash the given identity parts (already canonical) into a task id."""
+        import hashlib  # here, not at the top: see the module docstring
         h = hashlib.sha256()
         for part in parts:
             data = part.encode()
@@ -82,9 +86,11 @@ class Digest:
 
     @classmethod
     def sha256_of(cls, data: bytes | memoryview) -> Digest:
+        import hashlib
         return cls("sha256", hashlib.sha256(data).hexdigest())
 
     def hasher(self):  # -> hashlib._Hash
+        import hashlib
         return hashlib.new(self.algorithm)
 
     def __str__(self) -> str:

@@ -8,7 +8,6 @@ to one line on stderr plus the error's ``exit_code`` (engine.errors).
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 
@@ -48,6 +47,7 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
 
 
 def setup_logging(level: str, prog: str) -> None:
+    import logging  # not at the top: dfget never logs, and starts once per download
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {prog}[%(process)d] %(levelname)s "
                                "%(name)s: %(message)s")

@@ -21,7 +21,6 @@ import fcntl
 import os
 import select
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -70,6 +69,8 @@ def connect_or_start(data_dir: str, socket_path: str, daemon_args: list[str],
 def start_daemon(data_dir: str, socket_path: str, daemon_args: list[str],
                  timeout: float = START_TIMEOUT) -> dict:
     """Start a detached dfdaemon and wait for its ready line; return it."""
+    import subprocess  # only when the daemon must be started: dfget starts faster without
+
     log_path = os.path.join(data_dir, "dfdaemon.log")
     r, w = os.pipe()
     try:
