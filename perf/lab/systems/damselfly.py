@@ -13,11 +13,21 @@ and its exit marks its completion. Bytes the origin sent: nginx's log.
 bytecode (under PYTHONDONTWRITEBYTECODE every process would otherwise compile
 its modules from source as it starts, 40 dfgets at once included) and refuses
 to measure the pure-Python fallback of ``native`` instead of the extension.
+
+Python starts without ``site`` (``-S``), its path given instead: the tree
+under test, then the paths ``site`` gave this interpreter (``_env``). The
+``.pth`` hooks that ``site`` runs are this machine's, not damselfly's: here
+an editable install's import finder and the sandbox's CA injector, ~30 ms of
+CPU per start, which a regular install on a real host does not pay. On 2
+cores with 20 dfgets starting at once that was ~0.3 s before the first byte
+moved (perf/README.md).
 """
 
 from __future__ import annotations
 
+import ast
 import compileall
+import functools
 import os
 import subprocess
 import sys
@@ -31,7 +41,23 @@ from perf.lab.systems.nginx import Nginx
 
 
 def _module(name: str) -> list[str]:
-    return [sys.executable, "-m", name]
+    return [sys.executable, "-S", "-m", name]
+
+
+def _env() -> dict:
+    """``clean_env`` with the path ``site`` would have built, the tree first."""
+    return clean_env(PYTHONPATH=_path())
+
+
+@functools.cache
+def _path() -> str:
+    """The tree, then what this interpreter's ``sys.path`` has beyond a ``-S`` start's."""
+    bare = subprocess.run([sys.executable, "-S", "-c", "import sys; print(repr(sys.path))"],
+                          capture_output=True, text=True, check=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    base = set(ast.literal_eval(bare.stdout))
+    extra = [p for p in sys.path if p and os.path.isabs(p) and p not in base and p != REPO]
+    return os.pathsep.join([REPO, *dict.fromkeys(extra)])
 
 
 def prepare() -> dict:
@@ -42,12 +68,17 @@ def prepare() -> dict:
     """
     for package in ("engine", "supernode", "native"):
         compileall.compile_dir(os.path.join(REPO, package), quiet=1)
-    code = "import native; print(native.NATIVE); print(native.LOAD_ERROR)"
-    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=clean_env(), cwd=REPO, timeout=60, check=False)
+    # As the lab's processes start (``_module``, ``_env``): whatever they need must load.
+    code = ("import aiohttp, uvloop, engine.cli.dfget, engine.cli.dfdaemon, supernode.cli\n"
+            "import native; print(native.NATIVE); print(native.LOAD_ERROR)")
+    check = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True,
+                           text=True, env=_env(), cwd=REPO, timeout=60, check=False)
     lines = check.stdout.splitlines()
-    if check.returncode or not lines or lines[0] != "True":
-        why = lines[1] if len(lines) > 1 else check.stderr.strip()
+    if check.returncode:
+        raise LabError(f"the lab's Python (-S, PYTHONPATH {_path()}) cannot "
+                       f"import damselfly from {REPO}: {check.stderr.strip()[-500:]}")
+    if not lines or lines[0] != "True":
+        why = lines[1] if len(lines) > 1 else "no answer"
         raise LabError(f"the native extension does not load from {REPO} ({why}); the lab "
                        "would measure the pure-Python fallback. Build it with `pip install "
                        "--no-build-isolation -e .` in that tree")
@@ -72,7 +103,7 @@ def _commit() -> str:
 
 def run_damselfly(setup: Setup) -> Outcome:
     procs, opts = setup.procs, setup.options
-    env = clean_env()
+    env = _env()
     root = os.path.join(setup.work, "www")
     os.makedirs(root, exist_ok=True)
     os.link(setup.file_path, os.path.join(root, setup.file_name))
