@@ -18,9 +18,9 @@ Python starts without ``site`` (``-S``), its path given instead: the tree
 under test, then the paths ``site`` gave this interpreter (``_env``). The
 ``.pth`` hooks that ``site`` runs are this machine's, not damselfly's: here
 an editable install's import finder and the sandbox's CA injector, ~30 ms of
-CPU per start, which a regular install on a real host does not pay. On 2
-cores with 20 dfgets starting at once that was ~0.3 s before the first byte
-moved (perf/README.md).
+CPU per start, which a regular install on a real host does not pay. With 20
+dfgets starting at once on 2 cores, the first byte moved ~0.4 s later with
+them (perf/README.md).
 """
 
 from __future__ import annotations
@@ -51,13 +51,20 @@ def _env() -> dict:
 
 @functools.cache
 def _path() -> str:
-    """The tree, then what this interpreter's ``sys.path`` has beyond a ``-S`` start's."""
-    bare = subprocess.run([sys.executable, "-S", "-c", "import sys; print(repr(sys.path))"],
-                          capture_output=True, text=True, check=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    base = set(ast.literal_eval(bare.stdout))
-    extra = [p for p in sys.path if p and os.path.isabs(p) and p not in base and p != REPO]
-    return os.pathsep.join([REPO, *dict.fromkeys(extra)])
+    """The tree, then the entries ``site`` adds to this interpreter's path
+    (asked of two fresh interpreters, so how the lab itself was started
+    does not leak in)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def path_of(*flags: str) -> list[str]:
+        out = subprocess.run([sys.executable, *flags, "-c", "import sys; print(repr(sys.path))"],
+                             capture_output=True, text=True, check=True, timeout=60, env=env,
+                             cwd="/").stdout
+        return [p for p in ast.literal_eval(out) if p and os.path.isabs(p)]
+
+    bare = set(path_of("-S"))
+    added = [p for p in path_of() if p not in bare and p != REPO]
+    return os.pathsep.join([REPO, *dict.fromkeys(added)])
 
 
 def prepare() -> dict:
