@@ -60,14 +60,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host-down-mbit", type=float, default=None)
     p.add_argument("--latency-ms", type=float, default=0,
                    help="one-way delay added on each host's egress (needs netem)")
-    p.add_argument("--mtu", type=_mtu, default=d.mtu,
+    p.add_argument("--mtu", type=_int_in(MIN_MTU, MAX_MTU), default=d.mtu,
                    help=f"MTU of every lab link (default {d.mtu}: jumbo frames, see "
                         "perf/README.md)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--supernode-host", choices=("origin", "own"), default="origin")
     p.add_argument("--workers", type=int, default=d.workers, help="dfdaemon workers per host")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per system run")
-    p.add_argument("--repeat", type=_at_least_one, default=d.repeat,
+    p.add_argument("--repeat", type=_int_in(1), default=d.repeat,
                    help="runs of each system per N, interleaved; the run with the median "
                         "median time is reported, every run's times are listed")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -82,18 +82,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _mtu(text: str) -> int:
-    value = int(text)
-    if not MIN_MTU <= value <= MAX_MTU:
-        raise argparse.ArgumentTypeError(f"must be {MIN_MTU}-{MAX_MTU}, got {value}")
-    return value
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high] (no upper limit without ``high``)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or high is not None and value > high:
+            limits = f"at least {low}" if high is None else f"{low}-{high}"
+            raise argparse.ArgumentTypeError(f"must be {limits}, got {value}")
+        return value
+    parse.__name__ = "int"          # argparse names it in "invalid int value: ..."
+    return parse
 
 
 def config_from(args) -> LabConfig:

@@ -4,8 +4,8 @@ For each N the lab is built anew (origin host, optionally the supernode's own
 host, N client hosts, an unshaped probe sink), the goodput of every host is
 measured, and then each system runs in turn on the same lab, with the same
 file, from a clean working directory (``repeat`` times, interleaved: the run
-with the median median time stands for the system, see ``representative``). Around each run the harness takes the
-same measurements for every system:
+with the median median time stands for the system, see ``representative``).
+Around each run the harness takes the same measurements for every system:
 
 - completion time of each client, from the moment the clients start (servers
   and daemons are already up: readiness is not part of the time);
