@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 
 import uvloop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout under test
 
 
 def run(coro, timeout: float = 120.0):

@@ -31,9 +31,9 @@ import time
 import orjson
 
 from engine.cli.daemonclient import connect, converse, read_line
+from tests.helpers import REPO
 from tests.integration.origin import Origin
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 READY_TIMEOUT = 60.0
 
 

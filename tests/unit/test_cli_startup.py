@@ -15,7 +15,7 @@ import subprocess
 import sys
 import sysconfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.helpers import REPO
 
 LAZY = ("hashlib", "logging", "subprocess", "tomllib")
 

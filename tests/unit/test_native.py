@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 import native
-from tests.helpers import skip_or_fail
+from tests.helpers import REPO, skip_or_fail
 from engine.errors import BadInput, IOFailure
 
-REPO = Path(__file__).resolve().parents[2]
 
 PROBE = r"""
 import json, mmap, os, socket, sys, tempfile
