@@ -68,7 +68,7 @@ class Coordinator:
         self.idle = IdleExit(config.idle_exit_seconds, config.idle_exit,
                              busy=lambda: bool(self._clients or self.table),
                              uploaded=self._uploaded, spawn=self._spawn, exit=self.stop)
-        self._session = None  # aiohttp, only to leave tasks at the supernodes
+        self._rpc = None  # RpcClient, only to leave tasks at the supernodes
 
     def stop(self) -> None:
         self._stop.set()
@@ -270,15 +270,14 @@ class Coordinator:
                 self.supervisor.send(job.slot, job.start_message())
 
     async def _leave(self, task_id: TaskId) -> None:
-        import aiohttp
-
+        from engine.download.rpc import RpcClient
         from engine.download.supernodes import leave
 
-        if self._session is None:
-            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        if self._rpc is None:
+            self._rpc = RpcClient()
         for node in self.config.supernode_urls:
             try:
-                await leave(self._session, node, PeerId(self.peer_id), task_id, LEAVE_TIMEOUT)
+                await leave(self._rpc, node, PeerId(self.peer_id), task_id, LEAVE_TIMEOUT)
             except DamselflyError as exc:
                 log.info("leaving task %s at %s: %s", task_id, node, exc)
 
@@ -291,8 +290,8 @@ class Coordinator:
         for task in list(self._chores):
             task.cancel()
         await asyncio.gather(*self._chores, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._rpc is not None:
+            self._rpc.close()
 
     async def stats(self) -> dict:
         """Every worker's counters summed (plus dead workers' last known ones)."""

@@ -1,7 +1,7 @@
 """What the download paths share: the Downloader's resources and one job's state.
 
-``Context`` is the Downloader's toolbox (store, HTTP session, peer
-connection pool, the disk, hash and export threads, counters, tunables),
+``Context`` is the Downloader's toolbox (store, HTTP session for origins,
+supernode client, peer connection pool, the disk, hash and export threads, counters, tunables),
 handed to the P2P and origin paths so that they stay plain functions.
 ``Job`` is one task being downloaded in this process; every ``download()``
 call for the task waits on the same job. Both belong to one event loop and
@@ -23,6 +23,7 @@ import aiohttp
 from engine.diskspace import Reservation
 from engine.download.fetch import ConnectionPool
 from engine.download.output import OutputFile
+from engine.download.rpc import RpcClient
 from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.sinks import BouncePool
 from engine.messages import PeerInfo
@@ -39,7 +40,8 @@ class Context:
     store: PieceStore
     supernodes: list[str]
     peer: PeerInfo
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # origins (back-to-source)
+    rpc: RpcClient                  # supernodes
     pool: ConnectionPool
     disk: ThreadPoolExecutor
     hasher: ThreadPoolExecutor  # hashes received pieces (engine.download.sinks)

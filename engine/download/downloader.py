@@ -37,6 +37,7 @@ from engine.download.origin import download_from_origin
 from engine.download.output import OutputFile
 from engine.download.p2p import download_p2p
 from engine.download.request import DownloadRequest, DownloadStats, Progress
+from engine.download.rpc import RpcClient
 from engine.download.sinks import BouncePool
 from engine.download.supernodes import Unreachable, heartbeat, leave
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
@@ -74,6 +75,7 @@ class Downloader:
         self.stats = DownloadStats()
         self._session = session
         self._own_session = session is None
+        self._rpc = RpcClient()
         self._pool = ConnectionPool()
         self._bounce = BouncePool()
         # One thread each, so that each runs its jobs in order (engine.download.
@@ -189,7 +191,7 @@ class Downloader:
         nodes = {self._nodes.pop(t) for t in tasks if t in self._nodes}
         for node in nodes:
             try:
-                await leave(self._get_session(), node, self.peer.peer_id, task_id,
+                await leave(self._rpc, node, self.peer.peer_id, task_id,
                             self.rpc_timeout)
             except SupernodeError as exc:
                 log.info("leave: %s", exc)
@@ -218,6 +220,7 @@ class Downloader:
             await asyncio.gather(self._heartbeat, return_exceptions=True)
             self._heartbeat = None
         self._pool.close()
+        self._rpc.close()
         if self._own_session and self._session is not None:
             await self._session.close()
         self._threads_closed = True
@@ -247,8 +250,8 @@ class Downloader:
                     self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
 
         pacer = self.pacer if job.pacer is None else Chain(job.pacer, self.pacer)
-        return Context(self.store, self.supernodes, self.peer, self._get_session(), self._pool,
-                       self._disk, self._hasher, self._export, self.stats,
+        return Context(self.store, self.supernodes, self.peer, self._get_session(), self._rpc,
+                       self._pool, self._disk, self._hasher, self._export, self.stats,
                        parallel=self.parallel, pacer=pacer,
                        piece_timeout=self.piece_timeout, min_rate=self.min_rate,
                        receive=self.receive,
@@ -321,7 +324,7 @@ class Downloader:
             await asyncio.sleep(self.heartbeat_interval)
             for node in set(self._nodes.values()):
                 try:
-                    await heartbeat(self._get_session(), node, self.peer, self.rpc_timeout)
+                    await heartbeat(self._rpc, node, self.peer, self.rpc_timeout)
                 except SupernodeError as exc:
                     log.info("heartbeat: %s", exc)
 

@@ -72,7 +72,7 @@ class P2PEnd:
 
 async def download_p2p(ctx: Context, job: Job) -> P2PEnd:
     request = job.request
-    link = SupernodeLink(ctx.session, ctx.supernodes, request.task_id, ctx.rpc_timeout)
+    link = SupernodeLink(ctx.rpc, ctx.supernodes, request.task_id, ctx.rpc_timeout)
     try:
         view = await link.register(RegisterRequest(
             request.url, ctx.peer, request.headers, request.tag, request.digest,

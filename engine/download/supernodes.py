@@ -17,14 +17,15 @@ fetch); they go nowhere else and are never logged here.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 import orjson
 
+from engine.download.rpc import BadAnswer, RpcClient
 from engine.errors import BadInput, SupernodeError
 from engine.messages import (Heartbeat, Leave, PeerInfo, RegisterRequest, ScheduleRequest,
                              ScheduleResponse, TaskView)
@@ -64,20 +65,14 @@ def base_url(node: str) -> str:
     return node if node.startswith(("http://", "https://")) else f"http://{node}"
 
 
-async def call(session: aiohttp.ClientSession, node: str, path: str, body: dict,
-               timeout: float) -> Any:
+async def call(rpc: RpcClient, node: str, path: str, body: dict, timeout: float) -> Any:
     """POST ``body`` as JSON to ``node``; the decoded answer.
 
     Raises Unreachable for an outage of this node, SupernodeError for a refusal.
     """
-    url = base_url(node) + path
     try:
-        async with session.post(url, data=orjson.dumps(body),
-                                headers={"Content-Type": "application/json"},
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            data = await resp.read()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        status, data = await rpc.post(base_url(node), path, orjson.dumps(body), timeout)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, BadAnswer) as exc:
         raise Unreachable(f"supernode {node} unreachable: {exc or type(exc).__name__}") from exc
     if status >= 500:
         raise Unreachable(f"supernode {node} answered {status} to {path}")
@@ -99,11 +94,11 @@ class SupernodeLink:
     failover can register with the next supernode. One event loop owns it.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, nodes: Sequence[str], task_id: TaskId,
+    def __init__(self, rpc: RpcClient, nodes: Sequence[str], task_id: TaskId,
                  timeout: float = 10.0) -> None:
         if not nodes:
             raise Unreachable("no supernode configured")
-        self.session, self.timeout = session, timeout
+        self.rpc, self.timeout = rpc, timeout
         self.order = rendezvous_order(task_id.hex, nodes)
         self.current: str | None = None
         self.failovers = 0
@@ -118,7 +113,7 @@ class SupernodeLink:
             node = self.order[self._next]
             try:
                 view = TaskView.from_wire(
-                    await call(self.session, node, "/api/v1/register", request.to_wire(),
+                    await call(self.rpc, node, "/api/v1/register", request.to_wire(),
                                self.timeout))
             except Unreachable as exc:
                 problems.append(str(exc))
@@ -146,7 +141,7 @@ class SupernodeLink:
         while True:
             assert self.current is not None and self._register is not None
             try:
-                data = await call(self.session, self.current, "/api/v1/schedule",
+                data = await call(self.rpc, self.current, "/api/v1/schedule",
                                   request.to_wire(), self.timeout)
             except Unreachable as exc:
                 log.warning("%s; failing over", exc)
@@ -171,12 +166,12 @@ class SupernodeLink:
             request = ScheduleRequest(task_id, request.peer_id, (), request.want)
 
 
-async def heartbeat(session: aiohttp.ClientSession, node: str, peer: PeerInfo | PeerId,
+async def heartbeat(rpc: RpcClient, node: str, peer: PeerInfo | PeerId,
                     timeout: float) -> None:
     peer_id = peer.peer_id if isinstance(peer, PeerInfo) else peer
-    await call(session, node, "/api/v1/heartbeat", Heartbeat(peer_id).to_wire(), timeout)
+    await call(rpc, node, "/api/v1/heartbeat", Heartbeat(peer_id).to_wire(), timeout)
 
 
-async def leave(session: aiohttp.ClientSession, node: str, peer_id: PeerId,
+async def leave(rpc: RpcClient, node: str, peer_id: PeerId,
                 task_id: TaskId | None, timeout: float) -> None:
-    await call(session, node, "/api/v1/leave", Leave(peer_id, task_id).to_wire(), timeout)
+    await call(rpc, node, "/api/v1/leave", Leave(peer_id, task_id).to_wire(), timeout)
