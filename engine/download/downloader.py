@@ -238,7 +238,8 @@ class Downloader:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            # No cookie jar: an origin's cookies must never reach a supernode.
+            # Origins only (supernodes: engine.download.rpc). No cookie jar: one
+            # request's cookies must never ride along with another user's.
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
