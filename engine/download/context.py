@@ -1,8 +1,9 @@
 """What the download paths share: the Downloader's resources and one job's state.
 
 ``Context`` is the Downloader's toolbox (store, HTTP session for origins,
-supernode client, peer connection pool, the disk, hash and export threads, counters, tunables),
-handed to the P2P and origin paths so that they stay plain functions.
+supernode client, peer connection pool, the disk, hash and export threads,
+counters, tunables), handed to the P2P and origin paths so that they stay
+plain functions.
 ``Job`` is one task being downloaded in this process; every ``download()``
 call for the task waits on the same job. Both belong to one event loop and
 are not thread-safe, except that the disk thread may run store calls on

@@ -56,6 +56,8 @@ class _Endpoint:
             raise BadAnswer(f"bad port in {base[:100]!r}") from exc
         self.prefix = parts.path.rstrip("/")
         self.authority = parts.netloc.rpartition("@")[2]
+        if not (self.authority + self.prefix).isascii():
+            raise BadAnswer(f"non-ASCII supernode URL {base[:100]!r}")
         self.auth = ""                      # user:password in the URL, as aiohttp sent it
         if parts.username is not None:
             user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"

@@ -17,7 +17,6 @@ fetch); they go nowhere else and are never logged here.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -72,7 +71,7 @@ async def call(rpc: RpcClient, node: str, path: str, body: dict, timeout: float)
     """
     try:
         status, data = await rpc.post(base_url(node), path, orjson.dumps(body), timeout)
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, BadAnswer) as exc:
+    except (OSError, TimeoutError, BadAnswer) as exc:
         raise Unreachable(f"supernode {node} unreachable: {exc or type(exc).__name__}") from exc
     if status >= 500:
         raise Unreachable(f"supernode {node} answered {status} to {path}")

@@ -268,6 +268,10 @@ def test_call_maps_outages_to_unreachable_and_4xx_to_refused():
             with dead_port() as dead:
                 with pytest.raises(Unreachable, match="unreachable"):
                     await call(rpc, dead, "/api/v1/schedule", {}, 5)
+            for url, why in (("http://:80", "not an http"), ("http://h:99999", "bad port"),
+                             ("http://bücher.example", "non-ASCII")):
+                with pytest.raises(Unreachable, match=why):
+                    await call(rpc, url, "/api/v1/schedule", {}, 5)
             rpc.close()
 
     run(main())
