@@ -1,13 +1,16 @@
-"""A sans-IO HTTP/1.1 request parser and response-head builder for the upload server.
+"""A sans-IO HTTP/1.1 request parser and response-head builder for our servers.
 
 No sockets here (h11's rule): ``RequestParser.feed(bytes)`` returns the
 requests completed so far, however the bytes were split; ``response_head``
 returns the bytes to send. The upload server only ever answers GET without a
-body, so a request with a body is refused rather than half-parsed.
+body, so by default a request with a body is refused rather than half-parsed;
+the supernode's API (``supernode.apiserver``) takes bodies of up to ``max_body``
+bytes, framed by Content-Length only.
 
 Limits are deliberate: a request head over 8 KiB, a line without CRLF, a
-header without a colon, or a Content-Length/Transfer-Encoding on a GET is a
-ProtocolError, and the server answers 400 and closes.
+header without a colon, a body where none is taken, a body over the limit
+(413) or a chunked one (411) is a ProtocolError, and the server answers with
+its status and closes.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 from engine.errors import BadInput
 
 MAX_HEAD = 8192
-REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Found",
-           405: "Method Not Allowed", 416: "Range Not Satisfiable",
-           431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+REASONS = {100: "Continue", 200: "OK", 206: "Partial Content", 400: "Bad Request",
+           404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
+           413: "Content Too Large", 416: "Range Not Satisfiable",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)\Z")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
@@ -39,6 +44,7 @@ class Request:
     target: str
     version: str
     headers: dict[str, str]
+    body: bytes = b""
 
     @property
     def keep_alive(self) -> bool:
@@ -47,15 +53,32 @@ class Request:
 
 
 class RequestParser:
-    """Feed bytes, get whole requests. Not thread-safe; one connection each."""
+    """Feed bytes, get whole requests. Not thread-safe; one connection each.
 
-    def __init__(self) -> None:
+    ``max_body`` > 0 takes request bodies of up to that many bytes (with a
+    Content-Length); 0 refuses any body.
+    """
+
+    def __init__(self, max_body: int = 0) -> None:
         self._buf = bytearray()
+        self.max_body = max_body
+        self._head: Request | None = None   # parsed, its body still arriving
+        self._need = 0
+        self.continue_due = False           # the client waits for "100 Continue"
 
     def feed(self, data: bytes) -> list[Request]:
         self._buf += data
         out = []
         while True:
+            if self._head is not None:
+                if len(self._buf) < self._need:
+                    return out
+                head, self._head = self._head, None
+                self.continue_due = False
+                body = bytes(self._buf[:self._need])
+                del self._buf[:self._need]
+                out.append(Request(head.method, head.target, head.version, head.headers, body))
+                continue
             end = self._buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buf) > MAX_HEAD:
@@ -65,14 +88,21 @@ class RequestParser:
                 raise ProtocolError("request head too large", 431)
             head = bytes(self._buf[:end])
             del self._buf[:end + 4]
-            out.append(_parse_head(head))
+            request = _parse_head(head, self.max_body)
+            length = int(request.headers.get("content-length", "0"))
+            if length:
+                self._head, self._need = request, length
+                self.continue_due = (request.headers.get("expect", "").lower() == "100-continue"
+                                     and len(self._buf) < length)
+            else:
+                out.append(request)
 
     @property
     def pending(self) -> int:
         return len(self._buf)
 
 
-def _parse_head(head: bytes) -> Request:
+def _parse_head(head: bytes, max_body: int = 0) -> Request:
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -87,8 +117,16 @@ def _parse_head(head: bytes) -> Request:
         if not sep or not _TOKEN.match(name):
             raise ProtocolError(f"bad header line {line[:80]!r}")
         headers[name.lower()] = value.strip(" \t")
-    if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
-        raise ProtocolError("request bodies are not accepted")
+    length = headers.get("content-length", "0")
+    if not max_body:
+        if "transfer-encoding" in headers or length != "0":
+            raise ProtocolError("request bodies are not accepted")
+    elif "transfer-encoding" in headers:
+        raise ProtocolError("a request body needs a Content-Length", 411)
+    elif not length.isdigit():
+        raise ProtocolError(f"bad Content-Length {length[:40]!r}")
+    elif int(length) > max_body:
+        raise ProtocolError(f"request body over {max_body} bytes", 413)
     return Request(parts[0], parts[1], parts[2], headers)
 
 

@@ -10,7 +10,8 @@ more, until it is told ``done``. At most ``concurrency`` requests are in
 flight at once. Each request is timed from send to parsed answer.
 
 It is the HTTP counterpart of ``bench_scheduler.bench_core``; its rows say
-what the API, JSON and aiohttp add on top of the core's decision cost.
+what the API, JSON and HTTP add on top of the core's decision cost (the
+server is supernode.apiserver; this client is aiohttp's).
 
     python perf/bench_scheduler_http.py                    # 200 and 1000 peers x 64 pieces
     python perf/bench_scheduler_http.py --peers 500 --pieces 32 --k 8 --concurrency 32

@@ -5,7 +5,8 @@ Modules, from the outside in::
     cli        the ``supernode`` command: config -> SupernodeServer, signals, readiness
     config     the declared options (engine.config)
     server     the process: store, CDN upload server, service, API, clock
-    api        aiohttp routes speaking engine.messages in orjson
+    apiserver  the API's HTTP/1.1 server (engine.http1 over asyncio streams)
+    api        the routes, speaking engine.messages in orjson; no I/O
     service    glue: registrations -> versions -> scheduler events, CDN progress
     versions   identity -> version rules (revalidation, negative cache), pure
     ledger     grants per peer, to check reported results

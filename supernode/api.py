@@ -1,10 +1,12 @@
-"""The supernode's HTTP API: aiohttp routes that speak engine.messages in orjson.
+"""The supernode's HTTP API: routes that speak engine.messages in orjson.
 
-A thin adapter: each handler decodes the body, builds the message (which
-validates itself), calls the service and encodes the answer. Errors map in
-one place (``_errors``): malformed JSON and invalid fields are 400, unknown
-tasks and peers 404, and both carry ``{"error": "..."}``; anything else is a
-500 with a generic message (the details go to the log, never a secret).
+A thin adapter with no I/O: ``Api.handle(method, target, body)`` decodes the
+body, builds the message (which validates itself), calls the service and
+encodes the answer as ``(status, content type, body)``; ``supernode.apiserver``
+carries it over the wire. Errors map in one place (``_error``): malformed
+JSON and invalid fields are 400, unknown tasks and peers 404, and both carry
+``{"error": "..."}``; a DamselflyError of the service is 503; anything else
+is a 500 with a generic message (the details go to the log, never a secret).
 
     POST /api/v1/register    RegisterRequest   -> TaskView
     POST /api/v1/schedule    ScheduleRequest   -> ScheduleResponse
@@ -18,11 +20,11 @@ tasks and peers 404, and both carry ``{"error": "..."}``; anything else is a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
 
 from engine.errors import BadInput, DamselflyError, TaskNotFound
 from engine.messages import Heartbeat, Leave, RegisterRequest, ScheduleRequest
@@ -31,99 +33,92 @@ from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.service import SupernodeService
 
 log = logging.getLogger(__name__)
-SERVICE = web.AppKey("service", SupernodeService)
-EXTRA_METRICS = web.AppKey("extra_metrics", Callable[[], dict[str, int]])
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
 _OK = b'{"ok":true}'
+_TASKS = "/api/v1/tasks/"
+
+Answer = tuple[int, str, bytes]
 
 
-def make_app(service: SupernodeService,
-             extra_metrics: Callable[[], dict[str, int]] = dict) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=1 << 20)
-    app[SERVICE] = service
-    app[EXTRA_METRICS] = extra_metrics
-    app.router.add_post("/api/v1/register", register)
-    app.router.add_post("/api/v1/schedule", schedule)
-    app.router.add_post("/api/v1/heartbeat", heartbeat)
-    app.router.add_post("/api/v1/leave", leave)
-    app.router.add_get("/api/v1/tasks/{task_id}", task_info)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    return app
+class Api:
+    """The routes, bound to one service. One event loop owns it."""
+
+    def __init__(self, service: SupernodeService,
+                 extra_metrics: Callable[[], dict[str, int]] = dict) -> None:
+        self.service = service
+        self.extra_metrics = extra_metrics
+        self._posts = {"/api/v1/register": self._register, "/api/v1/schedule": self._schedule,
+                       "/api/v1/heartbeat": self._heartbeat, "/api/v1/leave": self._leave}
+        self._gets = {"/healthz": self._healthz, "/metrics": self._metrics}
+
+    async def handle(self, method: str, target: str, body: bytes) -> Answer:
+        """Answer one request; never raises (errors become 4xx/5xx answers)."""
+        path = unquote(target.split("?", 1)[0])
+        try:
+            if method == "POST" and path in self._posts:
+                return await self._posts[path](_decode(body))
+            if method in ("GET", "HEAD"):
+                if path in self._gets:
+                    return self._gets[path]()
+                if path.startswith(_TASKS) and "/" not in path[len(_TASKS):]:
+                    return _json(self.service.task_view(TaskId(path[len(_TASKS):])).to_wire())
+            if path in self._posts or path in self._gets or path.startswith(_TASKS):
+                return _json({"error": "Method Not Allowed"}, 405)
+            return _json({"error": "Not Found"}, 404)
+        except Exception as exc:  # noqa: BLE001 -- every error becomes an answer
+            return _error(method, path, exc)
+
+    async def _register(self, data: Any) -> Answer:
+        view = await self.service.register(RegisterRequest.from_wire(data))
+        return _json(view.to_wire())
+
+    async def _schedule(self, data: Any) -> Answer:
+        return _json(self.service.schedule(ScheduleRequest.from_wire(data)).to_wire())
+
+    async def _heartbeat(self, data: Any) -> Answer:
+        self.service.heartbeat(Heartbeat.from_wire(data))
+        return _json(_OK)
+
+    async def _leave(self, data: Any) -> Answer:
+        self.service.leave(Leave.from_wire(data))
+        return _json(_OK)
+
+    def _healthz(self) -> Answer:
+        return _json(_OK)
+
+    def _metrics(self) -> Answer:
+        values = dict(self.service.metrics())
+        values.update(self.extra_metrics())
+        lines = []
+        for name, value in sorted(values.items()):
+            full = f"damselfly_supernode_{name}"
+            lines.append(f"# TYPE {full} {'gauge' if _is_gauge(name) else 'counter'}")
+            lines.append(f"{full} {value}")
+        return 200, TEXT, ("\n".join(lines) + "\n").encode()
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=obj if isinstance(obj, bytes) else orjson.dumps(obj),
-                        status=status, content_type="application/json")
-
-
-async def _body(request: web.Request) -> Any:
-    raw = await request.read()
+def _decode(body: bytes) -> Any:
     try:
-        return orjson.loads(raw)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadInput(f"malformed JSON: {exc}") from exc
 
 
-@web.middleware
-async def _errors(request: web.Request,
-                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    try:
-        return await handler(request)
-    except (UnknownTask, UnknownPeer, TaskNotFound) as exc:
+def _json(obj: Any, status: int = 200) -> Answer:
+    return status, JSON, obj if isinstance(obj, bytes) else orjson.dumps(obj)
+
+
+def _error(method: str, path: str, exc: Exception) -> Answer:
+    if isinstance(exc, (UnknownTask, UnknownPeer, TaskNotFound)):
         return _json({"error": str(exc)}, 404)
-    except BadInput as exc:
+    if isinstance(exc, BadInput):
         return _json({"error": str(exc)}, 400)
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            return _json({"error": exc.reason}, exc.status)
-        raise
-    except DamselflyError as exc:
-        log.warning("%s %s failed: %s", request.method, request.path, exc)
+    if isinstance(exc, DamselflyError):
+        log.warning("%s %s failed: %s", method, path, exc)
         return _json({"error": str(exc)}, 503)
-    except Exception:
-        log.exception("%s %s crashed", request.method, request.path)
-        return _json({"error": "internal error"}, 500)
-
-
-async def register(request: web.Request) -> web.Response:
-    msg = RegisterRequest.from_wire(await _body(request))
-    view = await request.app[SERVICE].register(msg)
-    return _json(view.to_wire())
-
-
-async def schedule(request: web.Request) -> web.Response:
-    msg = ScheduleRequest.from_wire(await _body(request))
-    return _json(request.app[SERVICE].schedule(msg).to_wire())
-
-
-async def heartbeat(request: web.Request) -> web.Response:
-    request.app[SERVICE].heartbeat(Heartbeat.from_wire(await _body(request)))
-    return _json(_OK)
-
-
-async def leave(request: web.Request) -> web.Response:
-    request.app[SERVICE].leave(Leave.from_wire(await _body(request)))
-    return _json(_OK)
-
-
-async def task_info(request: web.Request) -> web.Response:
-    task_id = TaskId(request.match_info["task_id"])
-    return _json(request.app[SERVICE].task_view(task_id).to_wire())
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return _json(_OK)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    values = dict(request.app[SERVICE].metrics())
-    values.update(request.app[EXTRA_METRICS]())
-    lines = []
-    for name, value in sorted(values.items()):
-        full = f"damselfly_supernode_{name}"
-        lines.append(f"# TYPE {full} {'gauge' if _is_gauge(name) else 'counter'}")
-        lines.append(f"{full} {value}")
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+    log.error("%s %s crashed", method, path, exc_info=exc)
+    return _json({"error": "internal error"}, 500)
 
 
 def _is_gauge(name: str) -> bool:

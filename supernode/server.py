@@ -23,12 +23,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiohttp import web
-
 from engine.diskspace import DiskBudget
 from engine.store import PieceStore
 from engine.upload import UploadServer
-from supernode.api import make_app
+from supernode.api import Api
+from supernode.apiserver import ApiServer
 from supernode.config import SupernodeConfig
 from supernode.origin import OriginClient
 from supernode.service import SupernodeService, host_port
@@ -75,13 +74,9 @@ class SupernodeServer:
         self.service = await stack.enter_async_context(SupernodeService(
             cfg, self.store, origin, cdn_addr=host_port(cfg.advertised, self.upload_port),
             forget=self.upload.forget, clock=self._clock, wall=self._wall))
-        runner = web.AppRunner(make_app(self.service, self._upload_metrics), access_log=None,
-                               handle_signals=False)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, cfg.host, cfg.port)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        api = await stack.enter_async_context(
+            ApiServer(Api(self.service, self._upload_metrics), cfg.host, cfg.port))
+        self.port = api.port
         ticker = asyncio.create_task(self._tick(), name="supernode clock")
         stack.push_async_callback(_cancel, ticker)
         log.info("supernode API on %s, CDN uploads on port %d, data in %s",

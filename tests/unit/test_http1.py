@@ -65,3 +65,43 @@ def test_response_head_is_well_formed():
     head = http1.response_head(503, 3, {"Retry-After": "1"}, keep_alive=False)
     assert head == (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\n"
                     b"Retry-After: 1\r\nConnection: close\r\n\r\n")
+
+
+BODIES = (b"POST /api/v1/schedule HTTP/1.1\r\nContent-Length: 11\r\n\r\n{\"want\": 4}"
+          b"POST /api/v1/heartbeat HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+          b"GET /healthz HTTP/1.1\r\n\r\n")
+
+
+@pytest.mark.parametrize("split", [len(BODIES), 1, 7])
+def test_bodies_are_framed_by_content_length_however_split(split):
+    parser, out = http1.RequestParser(max_body=1 << 10), []
+    for i in range(0, len(BODIES), split):
+        out += parser.feed(BODIES[i:i + split])
+    assert [(r.method, r.target, r.body) for r in out] == [
+        ("POST", "/api/v1/schedule", b'{"want": 4}'), ("POST", "/api/v1/heartbeat", b""),
+        ("GET", "/healthz", b"")]
+    assert parser.pending == 0
+
+
+@pytest.mark.parametrize("head, status", [
+    (b"POST /x HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", 413),
+    (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+    (b"POST /x HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n", 400),
+    (b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+])
+def test_body_limits(head, status):
+    with pytest.raises(http1.ProtocolError) as info:
+        http1.RequestParser(max_body=1 << 10).feed(head)
+    assert info.value.status == status
+
+
+def test_continue_is_due_only_while_an_expected_body_is_missing():
+    parser = http1.RequestParser(max_body=1 << 10)
+    assert parser.feed(b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 4\r\n\r\n") == []
+    assert parser.continue_due
+    [request] = parser.feed(b"body")
+    assert request.body == b"body" and not parser.continue_due
+    # The body came with the head: nobody is waiting for a 100.
+    parser.feed(b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz")
+    assert not parser.continue_due

@@ -1,0 +1,143 @@
+"""supernode.apiserver over real loopback sockets, with a scripted Api behind it.
+
+The routes themselves are tested through the real service in
+test_supernode_api.py; here it is the HTTP/1.1 the server speaks: keep-alive
+and pipelining in order, bodies and their limits, Expect: 100-continue,
+HEAD, HTTP/1.0, malformed requests, idle connections and shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from supernode.apiserver import ApiServer
+from tests.helpers import run
+
+
+class EchoApi:
+    """Answers with what it got; ``/slow`` takes a while, ``/boom`` is a 500."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bytes]] = []
+
+    async def handle(self, method: str, target: str, body: bytes):
+        self.seen.append((method, target, body))
+        if target == "/slow":
+            await asyncio.sleep(0.2)
+        if target == "/boom":
+            return 500, "application/json", b'{"error": "internal error"}'
+        return 200, "application/json", b'{"echo": "%s %s %d"}' % (
+            method.encode(), target.encode(), len(body))
+
+
+async def exchange(port: int, data: bytes, *, until_close: bool = True) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        if until_close:
+            return await asyncio.wait_for(reader.read(), 5)
+        return await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection():
+    async def main():
+        api = EchoApi()
+        async with ApiServer(api, "127.0.0.1", 0) as server:
+            out = await exchange(server.port,
+                                 b"POST /slow HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+                                 b"GET /fast HTTP/1.1\r\n\r\n"
+                                 b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answers = out.split(b"HTTP/1.1 ")[1:]
+        assert [a.split(b"\r\n\r\n", 1)[1] for a in answers] == [
+            b'{"echo": "POST /slow 3"}', b'{"echo": "GET /fast 0"}', b'{"echo": "GET /last 0"}']
+        assert all(b"Content-Type: application/json" in a for a in answers)
+        assert b"Connection: close" in answers[2]
+        assert api.seen[0] == ("POST", "/slow", b"abc")
+
+    run(main())
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /x HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", b"413"),
+    (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", b"411"),
+    (b"POST /x HTTP/1.1\r\nContent-Length: ten\r\n\r\n", b"400"),
+    (b"GARBAGE\r\n\r\n", b"400"),
+    (b"GET /x HTTP/1.1\r\nno colon\r\n\r\n", b"400"),
+    (b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\n\r\n", b"431"),
+])
+def test_a_bad_request_gets_its_status_as_json_and_the_connection_closes(request_bytes,
+                                                                         status):
+    async def main():
+        api = EchoApi()
+        async with ApiServer(api, "127.0.0.1", 0) as server:
+            out = await exchange(server.port, request_bytes)
+            assert out.startswith(b"HTTP/1.1 " + status + b" ")
+            assert b"Connection: close" in out and b'{"error":' in out
+            assert not api.seen                 # nothing reached the routes
+            # ...and the server still serves the next client.
+            again = await exchange(server.port, b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n")
+            assert again.startswith(b"HTTP/1.1 200 OK\r\n")
+
+    run(main())
+
+
+def test_expect_100_continue_gets_its_interim_answer():
+    async def main():
+        api = EchoApi()
+        async with ApiServer(api, "127.0.0.1", 0) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"body")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            writer.close()
+        assert api.seen == [("POST", "/x", b"body")]
+
+    run(main())
+
+
+def test_head_has_the_length_and_no_body_and_http10_closes():
+    async def main():
+        async with ApiServer(EchoApi(), "127.0.0.1", 0) as server:
+            head = await exchange(server.port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        assert b"Content-Length: 27\r\n" in head    # len(b'{"echo": "HEAD /healthz 0"}')
+        assert b"Connection: close" in head
+
+    run(main())
+
+
+def test_a_500_keeps_the_connection():
+    async def main():
+        async with ApiServer(EchoApi(), "127.0.0.1", 0) as server:
+            out = await exchange(server.port, b"GET /boom HTTP/1.1\r\n\r\n"
+                                              b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+        assert out.count(b"HTTP/1.1 ") == 2 and out.endswith(b'{"echo": "GET /ok 0"}')
+
+    run(main())
+
+
+def test_idle_connections_are_closed_and_shutdown_ends_open_ones():
+    async def main():
+        async with ApiServer(EchoApi(), "127.0.0.1", 0, idle_timeout=0.2) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""     # closed when idle
+            writer.close()
+        async with ApiServer(EchoApi(), "127.0.0.1", 0) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /x HTTP/1.1\r\n")                       # half a request
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        # Leaving the server ended the connection (and run() checks no task leaked).
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+    run(main())
