@@ -95,9 +95,6 @@ class ApiServer:
                 await _send(writer, exc.status, "application/json",
                             orjson.dumps({"error": str(exc)}), keep_alive=False)
                 return
-            if parser.continue_due:
-                parser.continue_due = False
-                writer.write(_CONTINUE)
             for request in requests:
                 status, kind, body = await self.api.handle(request.method, request.target,
                                                            request.body)
@@ -105,6 +102,9 @@ class ApiServer:
                             head_only=request.method == "HEAD")
                 if not request.keep_alive:
                     return
+            if parser.continue_due:         # after the answers to earlier requests
+                parser.continue_due = False
+                writer.write(_CONTINUE)
 
 
 async def _send(writer: asyncio.StreamWriter, status: int, kind: str, body: bytes, *,

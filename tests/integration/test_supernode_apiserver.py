@@ -95,10 +95,21 @@ def test_expect_100_continue_gets_its_interim_answer():
             interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
             writer.write(b"body")
+            head = await asyncio.wait_for(reader.readuntil(b'"POST /x 4"}'), 5)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            # Pipelined behind a GET, the 100 comes after the GET's answer.
+            writer.write(b"GET /first HTTP/1.1\r\n\r\n"
+                         b"POST /y HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            first = await asyncio.wait_for(reader.readuntil(b'"GET /first 0"}'), 5)
+            assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"ok")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 200 OK\r\n")
             writer.close()
-        assert api.seen == [("POST", "/x", b"body")]
+        assert api.seen == [("POST", "/x", b"body"), ("GET", "/first", b""),
+                            ("POST", "/y", b"ok")]
 
     run(main())
 
