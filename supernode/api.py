@@ -55,15 +55,16 @@ class Api:
     async def handle(self, method: str, target: str, body: bytes) -> Answer:
         """Answer one request; never raises (errors become 4xx/5xx answers)."""
         path = unquote(target.split("?", 1)[0])
+        task = path[len(_TASKS):] if path.startswith(_TASKS) else ""
         try:
             if method == "POST" and path in self._posts:
                 return await self._posts[path](_decode(body))
             if method in ("GET", "HEAD"):
                 if path in self._gets:
                     return self._gets[path]()
-                if path.startswith(_TASKS) and "/" not in path[len(_TASKS):]:
-                    return _json(self.service.task_view(TaskId(path[len(_TASKS):])).to_wire())
-            if path in self._posts or path in self._gets or path.startswith(_TASKS):
+                if task and "/" not in task:
+                    return _json(self.service.task_view(TaskId(task)).to_wire())
+            if path in self._posts or path in self._gets or (task and "/" not in task):
                 return _json({"error": "Method Not Allowed"}, 405)
             return _json({"error": "Not Found"}, 404)
         except Exception as exc:  # noqa: BLE001 -- every error becomes an answer

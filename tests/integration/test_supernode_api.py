@@ -42,6 +42,8 @@ def _peer(name: str = "p1", port: int = 9000) -> dict:
     ("GET", "/api/v1/tasks/xyz", None, 400, "task id"),
     ("GET", f"/api/v1/tasks/{HEX}", None, 404, "not known"),
     ("GET", "/api/v1/nothing", None, 404, "Not Found"),
+    ("GET", f"/api/v1/tasks/{HEX}/pieces", None, 404, "Not Found"),
+    ("POST", f"/api/v1/tasks/{HEX}", {}, 405, "Method Not Allowed"),
     ("GET", "/api/v1/register", None, 405, "Method Not Allowed"),
 ])
 def test_bad_requests(tmp_path, method, path, body, status, needle):
