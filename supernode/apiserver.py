@@ -54,6 +54,11 @@ class ApiServer:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._conns)
+
     async def __aexit__(self, *exc) -> None:
         # Closing a connection ends its task at its next read; one still
         # inside a handler (a register waiting for the origin) is cancelled.

@@ -14,6 +14,7 @@ import pytest
 
 from supernode.apiserver import ApiServer
 from tests.helpers import run
+from tests.integration.snharness import until
 
 
 class EchoApi:
@@ -146,7 +147,7 @@ def test_idle_connections_are_closed_and_shutdown_ends_open_ones():
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET /x HTTP/1.1\r\n")                       # half a request
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await until(lambda: server.connections == 1)
         # Leaving the server ended the connection (and run() checks no task leaked).
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()

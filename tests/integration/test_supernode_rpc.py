@@ -18,6 +18,7 @@ import pytest
 from engine.download.rpc import BadAnswer, RpcClient
 from engine.download.supernodes import Refused, Unreachable, call
 from tests.helpers import dead_port, run
+from tests.integration.snharness import until
 
 HANG = object()
 
@@ -33,6 +34,7 @@ class Scripted:
         self.heads: list[bytes] = []
         self.requests: list[tuple[int, bytes]] = []   # (connection number, body)
         self.connections = 0
+        self.ended = 0                                  # connections the server closed
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> str:
@@ -72,6 +74,7 @@ class Scripted:
                     return
         finally:
             writer.close()
+            self.ended += 1
 
 
 def ok(body: bytes, status: str = "200 OK", extra: str = "") -> bytes:
@@ -99,32 +102,21 @@ def test_calls_share_one_kept_alive_connection():
     run(main())
 
 
-def test_the_request_line_and_host_follow_the_url():
+def test_the_request_line_host_and_credentials_follow_the_url():
     async def main():
         server = Scripted(echo)
         async with server as base:
             rpc = RpcClient()
             await rpc.post(base + "/prefix/", "/api/v1/heartbeat", b"{}", 5)
-            rpc.close()
-        head = server.heads[0].decode()
-        assert head.startswith("POST /prefix/api/v1/heartbeat HTTP/1.1\r\n")
-        assert f"\r\nHost: {base.removeprefix('http://')}\r\n" in head
-        assert "\r\nContent-Length: 2\r\n" in head
-        assert "Authorization" not in head
-
-    run(main())
-
-
-def test_credentials_in_the_url_go_as_basic_auth():
-    async def main():
-        server = Scripted(echo)
-        async with server as base:
-            rpc = RpcClient()
             await rpc.post(base.replace("http://", "http://sn%40ops:p%3Ass@"), "/x", b"{}", 5)
             rpc.close()
-        head = server.heads[0].decode()
-        assert "\r\nAuthorization: Basic c25Ab3BzOnA6c3M=\r\n" in head   # sn@ops:p:ss
-        assert f"\r\nHost: {base.removeprefix('http://')}\r\n" in head
+        plain, with_user = (head.decode() for head in server.heads)
+        assert plain.startswith("POST /prefix/api/v1/heartbeat HTTP/1.1\r\n")
+        assert "\r\nContent-Length: 2\r\n" in plain
+        assert "Authorization" not in plain
+        assert "\r\nAuthorization: Basic c25Ab3BzOnA6c3M=\r\n" in with_user  # sn@ops:p:ss
+        for head in (plain, with_user):
+            assert f"\r\nHost: {base.removeprefix('http://')}\r\n" in head
 
     run(main())
 
@@ -142,7 +134,7 @@ def test_a_pooled_connection_the_server_closed_is_sent_again_on_a_fresh_one():
         async with server as base:
             rpc = RpcClient()
             assert await rpc.post(base, "/x", b"{}", 5) == (200, b'{"n": 1}')
-            await asyncio.sleep(0.05)           # the close reaches the client's socket
+            await until(lambda: server.ended == 1)  # the server closed it
             assert await rpc.post(base, "/x", b"{}", 5) == (200, b'{"n": 2}')
             rpc.close()
         assert [conn for conn, _ in server.requests] == [1, 2]
