@@ -38,7 +38,7 @@ from engine.download.output import OutputFile
 from engine.download.p2p import download_p2p
 from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.rpc import RpcClient
-from engine.download.sinks import BouncePool
+from engine.download.sinks import BouncePool, default_disk_threads
 from engine.download.supernodes import Unreachable, heartbeat, leave
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
@@ -60,11 +60,15 @@ class Downloader:
                  session: aiohttp.ClientSession | None = None, piece_timeout: float = 30.0,
                  min_rate: float = 1 << 20, rpc_timeout: float = 10.0,
                  heartbeat_interval: float = 10.0, origin_read_timeout: float = 60.0,
-                 receive: str = "pwrite") -> None:
+                 receive: str = "pwrite", disk_threads: int | None = None) -> None:
         if not 1 <= parallel <= 64:
             raise BadInput("parallel must be within 1..64")
         if receive not in RECEIVE_MODES:
             raise BadInput(f"receive must be one of {RECEIVE_MODES}")
+        if disk_threads is None:
+            disk_threads = default_disk_threads()
+        if disk_threads not in (1, 3):
+            raise BadInput("disk_threads must be 1 or 3")
         if min(piece_timeout, min_rate, rpc_timeout, heartbeat_interval,
                origin_read_timeout) <= 0:
             raise BadInput("timeouts, rates and intervals must be > 0")
@@ -82,9 +86,14 @@ class Downloader:
         # sinks): the disk thread owns the store's files; received bytes are
         # hashed on another; output files are written on a third (those
         # writes wait for the device, O_DIRECT, without holding the others).
+        # With ``disk_threads=1`` the disk thread does all three, one job per
+        # buffer (see ``default_disk_threads``).
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="damselfly-disk")
-        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="damselfly-hash")
-        self._export = ThreadPoolExecutor(1, thread_name_prefix="damselfly-export")
+        if disk_threads == 3:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="damselfly-hash")
+            self._export = ThreadPoolExecutor(1, thread_name_prefix="damselfly-export")
+        else:
+            self._hasher = self._export = self._disk
         self._jobs: dict[TaskId, Job] = {}
         self._nodes: dict[TaskId, str] = {}  # supernode each task registered with
         self._heartbeat: asyncio.Task | None = None
@@ -224,7 +233,7 @@ class Downloader:
         if self._own_session and self._session is not None:
             await self._session.close()
         self._threads_closed = True
-        for executor in (self._disk, self._hasher, self._export):
+        for executor in {self._disk: None, self._hasher: None, self._export: None}:
             executor.shutdown(wait=True)
 
     # -- internals

@@ -89,10 +89,11 @@ def commit(task: TaskFile, index: int, sha256: str) -> bool:
 
 
 def verify_streamed(task: TaskFile, index: int, sha256: str, sink: FileSink,
-                    actual: str) -> bool:
+                    actual: str | None) -> bool:
     """Publish piece ``index`` if the bytes ``sink`` wrote hash to ``sha256``.
 
-    ``actual`` is the sink's digest once every buffer was hashed. Runs on the
+    ``actual`` is the sink's digest once every buffer was hashed (None: the
+    sink's write jobs hashed them, so its digest is final here). Runs on the
     disk thread, queued behind the sink's writes (engine.download.sinks):
     they are all done, and the digest covers exactly the bytes in the file,
     so nothing is read back. Raises IntegrityError on a mismatch, the
@@ -100,6 +101,8 @@ def verify_streamed(task: TaskFile, index: int, sha256: str, sink: FileSink,
     """
     if sink.error is not None:
         raise from_oserror(sink.error, "writing a piece") from sink.error
+    if actual is None:
+        actual = sink.sha256()
     if actual != sha256:
         raise IntegrityError(f"piece {index} of {task.task_id} does not match its sha256")
     published = task.publish_piece(index, sha256)

@@ -69,7 +69,9 @@ async def fetch(ctx: Context, job: Job, task: TaskFile, a: Assignment,
     try:
         if sinks:  # hashed on the way to the file; the last attempt holds the bytes
             sink = sinks[-1]
-            actual = await asyncio.get_running_loop().run_in_executor(ctx.hasher, sink.sha256)
+            actual = None       # no hasher of its own: the disk thread's write jobs hashed
+            if sink.hasher is not None:
+                actual = await asyncio.get_running_loop().run_in_executor(ctx.hasher, sink.sha256)
             await ctx.on_disk(verify_streamed, task, a.piece, a.sha256, sink, actual)
         else:
             await ctx.on_disk(commit, task, a.piece, a.sha256)

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from engine.download import Downloader, DownloadRequest, rendezvous_order
-from engine.errors import OriginError
+from engine.errors import BadInput, OriginError
 from engine.messages import PeerInfo
 from engine.meta import TaskMeta
 from engine.pieces import PieceLayout
@@ -26,18 +26,20 @@ from tests.integration.dlharness import PIECE, Peer, fetch_and_check, swarm
 from tests.integration.origin import Origin
 from tests.integration.snharness import supernode, until
 
-@pytest.mark.parametrize("parallel", [1, 4])
-def test_four_peers_share_one_origin_download(tmp_path, parallel):
+@pytest.mark.parametrize("parallel,disk_threads", [(1, 3), (4, 1)])
+def test_four_peers_share_one_origin_download(tmp_path, parallel, disk_threads):
     """Why the strict ratio is asserted only with one fetch at a time per peer:
     the scheduler's rarest-first counts landed replicas only, not pieces in
     flight, so several peers asking at once are all sent to the pieces only
     the CDN holds. With four fetches per peer the CDN then serves about half
-    of all bytes (measured 49-57 MiB of 96); with one, about a third."""
+    of all bytes (measured 49-57 MiB of 96); with one, about a third.
+    Both ways of running the sinks' threads (engine.download.sinks) are used."""
     data = os.urandom(24 * PIECE)
 
     async def main():
         async with Origin() as origin, supernode(tmp_path / "sn") as node, \
-                swarm(tmp_path / "peers", node, 4, parallel=parallel) as peers:
+                swarm(tmp_path / "peers", node, 4, parallel=parallel,
+                      disk_threads=disk_threads) as peers:
             origin.add("big", data)
             url = origin.url("big")
             await asyncio.gather(*(fetch_and_check(p, url, data, tmp_path) for p in peers))
@@ -50,6 +52,13 @@ def test_four_peers_share_one_origin_download(tmp_path, parallel):
     assert from_peers + from_cdn == 4 * len(data)
     assert sum(s.bytes_from_origin for s in stats) == 0
     assert from_peers > from_cdn, (from_peers, from_cdn)  # P2P carried most of it
+
+
+@pytest.mark.parametrize("threads", [0, 2, 4])
+def test_disk_threads_other_than_one_or_three_are_refused(tmp_path, threads):
+    with pytest.raises(BadInput, match="disk_threads"):
+        Downloader(PieceStore(str(tmp_path)), ["127.0.0.1:1"],
+                   PeerInfo(PeerId("p"), "127.0.0.1", 1), disk_threads=threads)
 
 
 @pytest.mark.parametrize("receive", ["mmap", "pwrite"])

@@ -11,10 +11,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import pytest
+
 from engine.download.local import verify_streamed
 from engine.download.output import OutputFile
 from engine.download.response import PieceResponse
-from engine.download.sinks import BouncePool, FileSink, _write
+from engine.download.sinks import BouncePool, FileSink, _write, default_disk_threads
 from engine.meta import TaskMeta
 from engine.pieces import PieceLayout
 from engine.store import PieceStore
@@ -44,14 +46,30 @@ async def _receive(response: PieceResponse, wire: bytes, step: int) -> int:
     return pauses
 
 
-def test_threaded_sink_writes_hashes_and_exports_in_order(tmp_path):
+class _Counted(ThreadPoolExecutor):
+    """One thread that counts the jobs handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("threads", [3, 1])
+def test_threaded_sink_writes_hashes_and_exports_in_order(tmp_path, threads):
+    """``threads`` 3: disk, hash and export threads; 1: the disk thread is
+    also the hasher and the exporter, and each buffer is one job on it."""
     store = PieceStore(str(tmp_path / "store"))
     layout = PieceLayout(2 * PIECE, PIECE)
     task = store.create(TaskMeta.new(TaskId.of("sink-test"), "http://o/f", layout))
     task.write_piece(0, FIRST)
     task.commit_piece(0, hashlib.sha256(FIRST).hexdigest())
     output = OutputFile(str(tmp_path / "out"))
-    disk, hasher, exporter = (ThreadPoolExecutor(1) for _ in range(3))
+    disk = _Counted()
+    hasher, exporter = (_Counted(), _Counted()) if threads == 3 else (disk, disk)
     near: list[int] = []
 
     async def main():
@@ -63,7 +81,9 @@ def test_threaded_sink_writes_hashes_and_exports_in_order(tmp_path):
         assert response.ok
         response.release()
         loop = asyncio.get_running_loop()
-        actual = await loop.run_in_executor(hasher, sink.sha256)  # queued after every hash
+        actual = None       # one thread: its write jobs hashed, verify reads the digest
+        if threads == 3:
+            actual = await loop.run_in_executor(hasher, sink.sha256)  # after every hash
         # Queued after every write; marks the piece in the output after its writes.
         await loop.run_in_executor(disk, verify_streamed, task, 1, sha(BODY), sink, actual)
         await loop.run_in_executor(exporter, lambda: None)
@@ -73,6 +93,12 @@ def test_threaded_sink_writes_hashes_and_exports_in_order(tmp_path):
         pauses = run(main())
         assert pauses > 0, "one buffer out at a time: the reader must have waited"
         assert near == [1]
+        buffers = PIECE // 4096
+        if threads == 1:
+            assert disk.jobs == buffers + 2   # a job per buffer, the verify, the drain
+        else:
+            assert (disk.jobs, hasher.jobs, exporter.jobs) == (buffers + 1, buffers + 1,
+                                                              buffers + 2)
         assert task.has(1) and os.pread(task.fd, PIECE, PIECE) == BODY
         assert output.streamed == PIECE  # piece 1 only: piece 0 is copied at the end
         task.finish(sha(FIRST + BODY))
@@ -82,9 +108,15 @@ def test_threaded_sink_writes_hashes_and_exports_in_order(tmp_path):
         output.finish(task)
         assert (tmp_path / "out").read_bytes() == FIRST + BODY
     finally:
-        for pool in (disk, hasher, exporter):
+        for pool in {disk, hasher, exporter}:
             pool.shutdown()
         task.close()
+
+
+@pytest.mark.parametrize("cores,threads", [(1, 1), (2, 1), (3, 3), (64, 3)])
+def test_separate_hash_and_export_threads_only_with_cores_to_spare(monkeypatch, cores, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_disk_threads() == threads
 
 
 def _set(future: asyncio.Future) -> None:
