@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from engine.cli import tune_gc
 from engine.errors import DamselflyError, from_oserror
 from engine.meta import write_atomically
 from supernode.config import SPEC, SupernodeConfig
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             factory = uvloop.new_event_loop
         else:
             factory = asyncio.new_event_loop
+        tune_gc()
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(config))
     except DamselflyError as exc:

@@ -34,6 +34,7 @@ import signal
 import socket
 import time
 
+from engine.cli import tune_gc
 from engine.control import ControlBlock, LocalBucket
 from engine.errors import DamselflyError
 from engine.localapi import Channel, DownloadCommand, error_event
@@ -216,6 +217,7 @@ def main() -> None:
     logging.basicConfig(format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s "
                                "%(name)s: %(message)s")
     import uvloop
+    tune_gc()
     uvloop.run(_main(args.fd))
 
 

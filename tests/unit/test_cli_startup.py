@@ -43,3 +43,13 @@ def test_the_lazy_modules_still_work_where_they_are_used(tmp_path):
     path.write_text('log_level = "info"\n')
     assert read_toml(str(path)) == {"log_level": "info"}
     setup_logging("warning", "test")
+
+
+def test_servers_collect_young_garbage_in_larger_batches_and_freeze_startup():
+    """In a fresh interpreter: tune_gc must not change the test process's collector."""
+    code = ("import gc\nfrom engine.cli import GC_GEN0, tune_gc\n"
+            "before = gc.get_threshold()\ntune_gc()\n"
+            "print(gc.get_threshold() == (GC_GEN0, *before[1:]), gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True, timeout=60).stdout.split()
+    assert out == ["True", "True"]
