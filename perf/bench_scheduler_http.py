@@ -23,14 +23,14 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, REPO)
 
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
@@ -55,13 +55,16 @@ async def _origin(size: int) -> tuple[web.AppRunner, str]:
 
 
 async def _start_supernode(data_dir: str) -> tuple[asyncio.subprocess.Process, str]:
-    script = shutil.which("supernode")
-    cmd = [script] if script else [sys.executable, "-m", "supernode.cli"]
+    # This tree's supernode, not whatever an installed ``supernode`` script
+    # or an editable install points at (after ``.ci/run``, a deleted clone).
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     proc = await asyncio.create_subprocess_exec(
-        *cmd, "--port", "0", "--upload-port", "0", "--data-dir", data_dir,
+        sys.executable, "-m", "supernode.cli", "--port", "0", "--upload-port", "0",
+        "--data-dir", data_dir,
         "--log-level", "warning", "--wait-ms", "5", "--pending-wait-ms", "20",
         "--heartbeat-timeout", "600", "--assignment-timeout", "600",
-        stdout=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO)
     m = _READY.fullmatch(await asyncio.wait_for(proc.stdout.readline(), 30))
     if not m:
         proc.kill()
