@@ -233,7 +233,7 @@ class Downloader:
         if self._own_session and self._session is not None:
             await self._session.close()
         self._threads_closed = True
-        for executor in {self._disk: None, self._hasher: None, self._export: None}:
+        for executor in dict.fromkeys((self._disk, self._hasher, self._export)):  # distinct
             executor.shutdown(wait=True)
 
     # -- internals

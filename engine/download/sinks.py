@@ -30,8 +30,11 @@ writer itself, and one job per buffer writes, hashes and exports it: three
 thread handoffs per buffer cost more than they overlap when every core is
 already busy (the lab, 10 hosts on 2 cores: the whole run took 16.73 and
 16.93 CPU-s against 17.81 and 17.16 with three threads; the machine was
-39 % busy against 41-42 % while the clients ran). Each of these is a single thread
-that runs its jobs in submission order, which is what keeps this correct:
+39 % busy against 41-42 % while the clients ran).
+
+Each of these is a single thread that runs its jobs in submission order
+(one thread doing all three keeps that order too), which is what keeps
+this correct:
 the hash sees a piece's bytes in order, and a job queued behind a piece's
 last buffer finds its digest final (``sha256``); a retry of a piece is
 written after every byte of an earlier, abandoned attempt, and the job

@@ -55,7 +55,8 @@ def test_the_mark_follows_the_body_and_drops_to_one_between_responses():
         conn = PieceConnection("127.0.0.1:1")
         conn.transport, conn._sock = _Transport(), _Sock()
         fetch = asyncio.ensure_future(conn.request(b"GET / HTTP/1.1\r\n\r\n", MemorySink(target)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)          # one loop turn: the request runs up to its wait
+        assert conn._response is not None, "the request is not out yet"
         _deliver(conn, HEAD)
         for at in range(0, SIZE, step):
             _deliver(conn, body[at:at + step])
