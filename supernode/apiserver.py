@@ -19,6 +19,14 @@ without keep-alive). A connection idle for ``idle_timeout`` is closed, and a
 client that sends ``Expect: 100-continue`` (curl does, for larger bodies)
 gets its "100 Continue".
 
+Slow clients. The idle timeout alone lets a client hold a connection and
+its buffer for ever by sending a byte now and then, or by never reading
+the answers. So a request must be in whole within ``request_timeout`` of
+its first byte (else 408 and the connection closes), and an answer must be
+taken by the client within ``request_timeout`` (else the connection closes).
+A peer's calls are a few hundred bytes each way, so the default is far
+above what a working client needs.
+
 ``ApiServer`` is an async context manager: entering binds (port 0 picks a
 free one, read back from ``port``), leaving stops listening and ends every
 connection. One event loop owns it.
@@ -38,14 +46,18 @@ from supernode.api import Api
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 IDLE_TIMEOUT = 75.0           # aiohttp's keep-alive default, which the API used before
+REQUEST_TIMEOUT = 30.0        # to send a whole request, or to take a whole answer
+LINGER = 1.0                  # after a refusal, how long the client's late bytes are drained
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ApiServer:
     def __init__(self, api: Api, host: str, port: int, *,
-                 idle_timeout: float = IDLE_TIMEOUT, max_body: int = MAX_BODY) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
+                 max_body: int = MAX_BODY) -> None:
         self.api, self.host, self.port = api, host, port
-        self.idle_timeout, self.max_body = idle_timeout, max_body
+        self.idle_timeout, self.request_timeout = idle_timeout, request_timeout
+        self.max_body = max_body
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task, asyncio.StreamWriter] = {}
 
@@ -62,14 +74,20 @@ class ApiServer:
     async def __aexit__(self, *exc) -> None:
         # Closing a connection ends its task at its next read; one still
         # inside a handler (a register waiting for the origin) is cancelled.
+        # A closed transport still waits to flush its answers, so one whose
+        # client stopped reading is aborted after the grace period: the server
+        # would otherwise never finish closing.
         self._server.close()
-        for writer in self._conns.values():
+        writers = dict(self._conns)
+        for writer in writers.values():
             writer.close()
-        if self._conns:
-            _, late = await asyncio.wait(list(self._conns), timeout=1.0)
+        if writers:
+            _, late = await asyncio.wait(list(writers), timeout=1.0)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            for writer in writers.values():
+                writer.transport.abort()
         await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,7 +96,9 @@ class ApiServer:
         try:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError):
-            pass                    # the client went away or went quiet
+            # The client went away, went quiet or stopped reading: answers
+            # it has not taken are dropped, not left to hold the socket.
+            writer.transport.abort()
         except asyncio.CancelledError:
             # Only __aexit__ cancels a connection; ending quietly keeps
             # asyncio from logging the handler's cancellation as an error.
@@ -89,32 +109,63 @@ class ApiServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = http1.RequestParser(self.max_body)
+        loop = asyncio.get_running_loop()
+        due: float | None = None    # when the request begun must be in whole
         while True:
-            async with asyncio.timeout(self.idle_timeout):
-                data = await reader.read(65536)
+            try:
+                async with asyncio.timeout_at(
+                        loop.time() + self.idle_timeout if due is None else due):
+                    data = await reader.read(65536)
+            except TimeoutError:
+                if due is not None:
+                    await self._refuse(reader, writer, 408, "request not sent in time")
+                return
             if not data:
                 return
             try:
                 requests = parser.feed(data)
             except http1.ProtocolError as exc:
-                await _send(writer, exc.status, "application/json",
-                            orjson.dumps({"error": str(exc)}), keep_alive=False)
+                await self._refuse(reader, writer, exc.status, str(exc))
                 return
             for request in requests:
                 status, kind, body = await self.api.handle(request.method, request.target,
                                                            request.body)
-                await _send(writer, status, kind, body, keep_alive=request.keep_alive,
-                            head_only=request.method == "HEAD")
+                await self._send(writer, status, kind, body, keep_alive=request.keep_alive,
+                                 head_only=request.method == "HEAD")
                 if not request.keep_alive:
                     return
+            if requests or not parser.pending:
+                due = None
+            if parser.pending and due is None:
+                due = loop.time() + self.request_timeout
             if parser.continue_due:         # after the answers to earlier requests
                 parser.continue_due = False
                 writer.write(_CONTINUE)
 
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      status: int, message: str) -> None:
+        """Answer ``status`` and end the connection so that the client reads it.
 
-async def _send(writer: asyncio.StreamWriter, status: int, kind: str, body: bytes, *,
-                keep_alive: bool, head_only: bool = False) -> None:
-    head = http1.response_head(status, len(body), {"Content-Type": kind}, keep_alive)
-    writer.write(head if head_only else head + body)
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
+        A client may still be sending: closing with its bytes unread would
+        reset the connection, and the reset can destroy the answer before the
+        client reads it. So the answer goes out with a FIN, and what still
+        comes in is read and dropped for up to ``LINGER`` seconds.
+        """
+        await self._send(writer, status, "application/json",
+                         orjson.dumps({"error": message}), keep_alive=False)
+        if writer.can_write_eof():
+            writer.write_eof()
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(LINGER):
+                while await reader.read(65536):
+                    pass
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, kind: str, body: bytes, *,
+                    keep_alive: bool, head_only: bool = False) -> None:
+        head = http1.response_head(status, len(body), {"Content-Type": kind}, keep_alive)
+        writer.write(head if head_only else head + body)
+        with contextlib.suppress(ConnectionError):
+            # A client that does not read its answers ends its connection
+            # (the TimeoutError reaches _accept) instead of holding it.
+            async with asyncio.timeout(self.request_timeout):
+                await writer.drain()

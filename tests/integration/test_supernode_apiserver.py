@@ -3,7 +3,8 @@
 The routes themselves are tested through the real service in
 test_supernode_api.py; here it is the HTTP/1.1 the server speaks: keep-alive
 and pipelining in order, bodies and their limits, Expect: 100-continue,
-HEAD, HTTP/1.0, malformed requests, idle connections and shutdown.
+HEAD, HTTP/1.0, malformed requests, idle connections, slow clients and
+shutdown.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tests.integration.snharness import until
 
 
 class EchoApi:
-    """Answers with what it got; ``/slow`` takes a while, ``/boom`` is a 500."""
+    """Answers with what it got; ``/slow`` takes a while, ``/boom`` is a 500,
+    ``/big`` is 4 MiB."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
@@ -29,6 +31,8 @@ class EchoApi:
             await asyncio.sleep(0.2)
         if target == "/boom":
             return 500, "application/json", b'{"error": "internal error"}'
+        if target == "/big":
+            return 200, "application/json", b'"' + b"x" * (4 << 20) + b'"'
         return 200, "application/json", b'{"echo": "%s %s %d"}' % (
             method.encode(), target.encode(), len(body))
 
@@ -150,6 +154,91 @@ def test_idle_connections_are_closed_and_shutdown_ends_open_ones():
             await until(lambda: server.connections == 1)
         # Leaving the server ended the connection (and run() checks no task leaked).
         assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+
+    run(main())
+
+
+def test_a_request_trickled_in_gets_408_when_its_time_is_up():
+    # Each header line comes well inside the idle timeout, so only the
+    # deadline on the whole request can end this.
+    async def main():
+        api = EchoApi()
+        async with ApiServer(api, "127.0.0.1", 0, idle_timeout=5.0,
+                             request_timeout=0.3) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            answer = asyncio.ensure_future(reader.read())
+            writer.write(b"GET /x HTTP/1.1\r\n")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while not answer.done() and loop.time() - started < 3.0:
+                try:
+                    writer.write(b"X-Slow: 1\r\n")
+                    await writer.drain()
+                except ConnectionError:
+                    break
+                await asyncio.sleep(0.05)
+            data = await asyncio.wait_for(answer, 5)
+            elapsed = loop.time() - started
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 408 "), data[:80]
+            assert b"request not sent in time" in data
+            assert elapsed < 2.0
+            assert api.seen == []                   # the request never reached the API
+            await until(lambda: server.connections == 0)
+
+    run(main())
+
+
+def test_a_client_that_never_reads_its_answers_is_dropped():
+    async def main():
+        async with ApiServer(EchoApi(), "127.0.0.1", 0, idle_timeout=60.0,
+                             request_timeout=0.3) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(b"GET /big HTTP/1.1\r\n\r\n" * 16)   # 64 MiB of answers, unread
+                await writer.drain()
+                await until(lambda: server.connections == 1)
+                await until(lambda: server.connections == 0, timeout=5.0)
+            finally:
+                writer.transport.abort()    # if the server kept it, this frees it
+
+    run(main())
+
+
+def test_requests_in_time_on_one_connection_are_not_cut_off():
+    # The deadline is per request: a connection that keeps sending whole
+    # requests outlives it many times over.
+    async def main():
+        async with ApiServer(EchoApi(), "127.0.0.1", 0, request_timeout=0.2) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for i in range(8):
+                writer.write(b"GET /n%d HTTP/1.1\r\n" % i)
+                await asyncio.sleep(0.05)
+                writer.write(b"\r\n")
+                await writer.drain()
+                line = await asyncio.wait_for(reader.readline(), 5)
+                assert line.startswith(b"HTTP/1.1 200 "), line
+                await asyncio.sleep(0.05)
+                while (await asyncio.wait_for(reader.readline(), 5)) != b"\r\n":
+                    pass
+                await asyncio.wait_for(reader.readuntil(b"}"), 5)
+            writer.close()
+
+    run(main())
+
+
+def test_shutdown_is_not_held_up_by_a_client_that_never_reads():
+    async def main():
+        server = ApiServer(EchoApi(), "127.0.0.1", 0)        # default timeouts: 30 s
+        await server.__aenter__()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /big HTTP/1.1\r\n\r\n" * 16)
+        await writer.drain()
+        await until(lambda: server.connections == 1)
+        await asyncio.sleep(0.3)                              # its answers pile up unread
+        await asyncio.wait_for(server.__aexit__(None, None, None), 5)
+        assert server.connections == 0
         writer.close()
 
     run(main())
