@@ -46,6 +46,12 @@ OPEN_TASKS = 64
 # their own idle connections sooner (engine.download.fetch: 30 s); this is
 # for the ones that vanish without closing.
 IDLE_TIMEOUT = 60.0
+# A request begun must be whole within this (a GET is one small packet): a
+# client that trickles header bytes would otherwise never be idle.
+REQUEST_TIMEOUT = 10.0
+# A send whose socket takes no byte for this long ends the connection and
+# frees the upload slot: a downloader that stopped reading must not hold it.
+SEND_STALL = 30.0
 
 
 class Pacer(Protocol):
@@ -146,14 +152,16 @@ class UploadServer:
         loop = asyncio.get_running_loop()
         parser = http1.RequestParser()
         try:
+            due = 0.0  # when the request begun must be whole (0: none begun)
             while True:
-                # An idle connection is shut down, which ends the recv with
-                # b"" (one timer per request, no polling).
-                idle = loop.call_later(IDLE_TIMEOUT, _shut, conn)
+                # An idle connection, or one whose request is late, is shut
+                # down, which ends the recv with b"" (one timer per read).
+                wait = IDLE_TIMEOUT if not due else max(due - loop.time(), 0.0)
+                timer = loop.call_later(wait, _shut, conn)
                 try:
                     data = await loop.sock_recv(conn, 65536)
                 finally:
-                    idle.cancel()
+                    timer.cancel()
                 if not data:
                     return
                 try:
@@ -164,6 +172,10 @@ class UploadServer:
                 for request in requests:
                     if not await self._answer(conn, request) or not request.keep_alive:
                         return
+                if requests or not parser.pending:
+                    due = 0.0
+                if parser.pending and not due:
+                    due = loop.time() + REQUEST_TIMEOUT
         except (ConnectionError, TimeoutError):
             pass  # the peer went away; nothing to clean but the socket
         except DamselflyError as exc:
@@ -220,7 +232,7 @@ class UploadServer:
             with contextlib.suppress(OSError):
                 native.fadvise(task.fd, piece.start + start, end - start, native.Advice.WILLNEED)
             head = http1.response_head(206 if span else 200, end - start, headers)
-            await asyncio.get_running_loop().sock_sendall(conn, head)
+            await _sendall(conn, head)
             await self._send_file(conn, task.fd, piece.start + start, end - start)
         finally:
             self._busy -= 1
@@ -258,7 +270,7 @@ class UploadServer:
     async def _reply(self, conn: socket.socket, status: int, body: bytes,
                      headers: dict[str, str] | None = None, keep_alive: bool = True) -> None:
         head = http1.response_head(status, len(body), headers, keep_alive)
-        await asyncio.get_running_loop().sock_sendall(conn, head + body)
+        await _sendall(conn, head + body)
 
     def _task(self, task_id: TaskId) -> TaskFile | None:
         task = self._tasks.get(task_id)
@@ -280,12 +292,18 @@ def _shut(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_RDWR)
 
 
+async def _sendall(conn: socket.socket, data: bytes) -> None:
+    async with asyncio.timeout(SEND_STALL):
+        await asyncio.get_running_loop().sock_sendall(conn, data)
+
+
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     waiter = loop.create_future()
     # The callback fires on every loop turn while writable, possibly again
     # before this coroutine resumes: only the first one may resolve.
     loop.add_writer(fd, lambda: waiter.done() or waiter.set_result(None))
     try:
-        await waiter
+        async with asyncio.timeout(SEND_STALL):
+            await waiter
     finally:
         loop.remove_writer(fd)

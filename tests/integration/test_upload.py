@@ -171,3 +171,61 @@ def test_an_idle_connection_is_closed(seeded, monkeypatch):
                 writer.close()
 
     assert run(main()) == b""
+
+
+def test_a_request_trickled_in_is_cut_off(seeded, monkeypatch):
+    # Every header line comes well inside the idle timeout; only the
+    # deadline on the whole request can end this.
+    import engine.upload
+    monkeypatch.setattr(engine.upload, "REQUEST_TIMEOUT", 0.3)
+    store, task, _ = seeded
+
+    async def main():
+        async with UploadServer(store) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            loop = asyncio.get_running_loop()
+            closed = asyncio.ensure_future(reader.read())
+            writer.write(f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n".encode())
+            started = loop.time()
+            try:
+                while not closed.done() and loop.time() - started < 3.0:
+                    writer.write(b"X-Slow: 1\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                data = await asyncio.wait_for(closed, 5)
+            except ConnectionError:
+                data = b""
+            finally:
+                writer.transport.abort()
+            return data, loop.time() - started
+
+    data, elapsed = run(main())
+    assert data == b"" and elapsed < 2.0
+
+
+def test_a_downloader_that_stops_reading_loses_its_slot(seeded, monkeypatch):
+    import engine.upload
+    monkeypatch.setattr(engine.upload, "SEND_STALL", 0.3)
+    store, task, data = seeded
+    get = f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode()
+
+    async def main():
+        async with UploadServer(store, slots=1) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(get * 32)      # 32 MiB of pieces, never read
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                for _ in range(50):         # the one slot is held until the stall ends it
+                    status, _, body = await asyncio.wait_for(_get(server.port, get), 5)
+                    if status == 200:
+                        return body
+                    assert status == 503
+                    await asyncio.sleep(0.1)
+                return None                 # still held after 5 s
+            finally:
+                writer.transport.abort()
+
+    body = run(main())
+    assert body is not None, "the stalled send still held the only upload slot after 5 s"
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data[:PIECE]).digest()
