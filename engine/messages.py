@@ -11,6 +11,7 @@ Endpoints (all POST with a JSON body unless noted)::
     POST /api/v1/schedule    ScheduleRequest   -> ScheduleResponse
     POST /api/v1/heartbeat   Heartbeat         -> {"ok": true}
     POST /api/v1/leave       Leave             -> {"ok": true}
+    POST /api/v1/announce    Announce          -> TaskView
     GET  /api/v1/tasks/<id>                    -> TaskView
     GET  /healthz                              -> {"ok": true}
     GET  /metrics                              -> Prometheus text (supernode counters)
@@ -280,6 +281,32 @@ class Heartbeat:
 
     def to_wire(self) -> dict:
         return _plain(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """A peer holds all of task ``task_id`` (whole-file ``sha256``) and serves it.
+
+    Sent by a restarted daemon for the complete tasks in its store, so that
+    it seeds them again without anybody asking for them first.
+    """
+
+    peer: PeerInfo
+    task_id: TaskId
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 64 or not all(c in "0123456789abcdef" for c in self.sha256):
+            raise BadInput("field 'sha256' must be 64 lowercase hex digits")
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Announce:
+        o = _obj(data)
+        return cls(PeerInfo.from_wire(_req(o, "peer", dict)), TaskId(_req(o, "task_id", str)),
+                   _req(o, "sha256", str))
+
+    def to_wire(self) -> dict:
+        return {"peer": _plain(self.peer), "task_id": str(self.task_id), "sha256": self.sha256}
 
 
 @dataclass(frozen=True, slots=True)

@@ -312,6 +312,21 @@ class PieceStore:
             return
         shutil.rmtree(doomed, ignore_errors=True)
 
+    def complete_tasks(self) -> list[TaskMeta]:
+        """The metadata of every complete task, in name order; unreadable ones skipped."""
+        out = []
+        for name in sorted(os.listdir(self.tasks_dir)):
+            try:
+                task = self.open(TaskId(name))
+            except (BadInput, StoreError, IntegrityError):
+                continue
+            try:
+                if task.complete:
+                    out.append(task.meta)
+            finally:
+                task.close()
+        return out
+
     def scan(self) -> list[TaskMeta]:
         """Check every task after a restart; drop the torn ones. Returns the kept."""
         kept = []

@@ -12,6 +12,7 @@ is a 500 with a generic message (the details go to the log, never a secret).
     POST /api/v1/schedule    ScheduleRequest   -> ScheduleResponse
     POST /api/v1/heartbeat   Heartbeat         -> {"ok": true}
     POST /api/v1/leave       Leave             -> {"ok": true}
+    POST /api/v1/announce    Announce          -> TaskView
     GET  /api/v1/tasks/<id>                    -> TaskView
     GET  /healthz                              -> {"ok": true}
     GET  /metrics                              -> Prometheus text format
@@ -27,7 +28,7 @@ from urllib.parse import unquote
 import orjson
 
 from engine.errors import BadInput, DamselflyError, TaskNotFound
-from engine.messages import Heartbeat, Leave, RegisterRequest, ScheduleRequest
+from engine.messages import Announce, Heartbeat, Leave, RegisterRequest, ScheduleRequest
 from engine.types import TaskId
 from supernode.scheduler import UnknownPeer, UnknownTask
 from supernode.service import SupernodeService
@@ -49,7 +50,8 @@ class Api:
         self.service = service
         self.extra_metrics = extra_metrics
         self._posts = {"/api/v1/register": self._register, "/api/v1/schedule": self._schedule,
-                       "/api/v1/heartbeat": self._heartbeat, "/api/v1/leave": self._leave}
+                       "/api/v1/heartbeat": self._heartbeat, "/api/v1/leave": self._leave,
+                       "/api/v1/announce": self._announce}
         self._gets = {"/healthz": self._healthz, "/metrics": self._metrics}
 
     async def handle(self, method: str, target: str, body: bytes) -> Answer:
@@ -80,6 +82,9 @@ class Api:
     async def _heartbeat(self, data: Any) -> Answer:
         self.service.heartbeat(Heartbeat.from_wire(data))
         return _json(_OK)
+
+    async def _announce(self, data: Any) -> Answer:
+        return _json(self.service.announce(Announce.from_wire(data)).to_wire())
 
     async def _leave(self, data: Any) -> Answer:
         self.service.leave(Leave.from_wire(data))

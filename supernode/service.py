@@ -35,7 +35,8 @@ from random import Random
 from engine.errors import BadInput, DamselflyError, RemoteError, StoreError
 from engine.identity import TaskIdentity
 from engine.messages import (
-    Assignment, Heartbeat, Leave, RegisterRequest, ScheduleRequest, ScheduleResponse, TaskView)
+    Announce, Assignment, Heartbeat, Leave, RegisterRequest, ScheduleRequest, ScheduleResponse,
+    TaskView)
 from engine.meta import TaskMeta, redact_url
 from engine.pieces import PieceLayout
 from engine.store import PieceStore
@@ -157,6 +158,33 @@ class SupernodeService:
         self.counters["assignments"] += len(assignments)
         return ScheduleResponse(decision.action, v.view(), assignments, decision.wait_ms,
                                 decision.message)
+
+    def announce(self, msg: Announce) -> TaskView:
+        """``msg.peer`` holds all of a task this supernode has whole: it becomes
+        a seed at once (a restarted daemon re-offering its store).
+
+        Only a version whose whole file the CDN has checked is accepted, and
+        only with the same sha256: a peer cannot introduce content, only
+        offer a copy of what the supernode already vouches for. A peer that
+        lies about holding it is isolated like any source that fails.
+        """
+        v = self.versions.get(msg.task_id)
+        if v is None:
+            raise UnknownTask(f"task {msg.task_id} is not known here")
+        if msg.peer.peer_id == CDN_PEER:
+            raise BadInput(f"peer id {CDN_PEER} is the CDN's own")
+        if v.state != COMPLETE:
+            raise BadInput(f"task {msg.task_id} is not complete here yet")
+        if v.sha256 != msg.sha256:
+            raise BadInput(f"task {msg.task_id} has another sha256 here")
+        peer = msg.peer
+        self.scheduler.register(v.id, peer.peer_id, location=peer.location,
+                                addr=host_port(peer.ip, peer.port))
+        self.scheduler.pieces_done(v.id, peer.peer_id,
+                                   [(i, None) for i in range(v.layout.count)])
+        v.used_at = self.clock()
+        self.counters["announces"] += 1
+        return v.view()
 
     def heartbeat(self, hb: Heartbeat) -> None:
         self.scheduler.heartbeat(hb.peer_id)

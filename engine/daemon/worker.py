@@ -53,7 +53,7 @@ class Worker:
     def __init__(self, channel: Channel, init: dict) -> None:
         self.channel, self.init = channel, init
         self.jobs: dict[int, asyncio.Task] = {}
-        self.chores: set[asyncio.Task] = set()  # supernode leave calls after GC
+        self.chores: set[asyncio.Task] = set()  # supernode calls: announces, leaves after GC
         self.block: ControlBlock | None = None
         self.upload: UploadServer | None = None
         self.downloader = None
@@ -79,6 +79,10 @@ class Worker:
                                          parallel=init["parallel"], pacer=self.block.download,
                                          session=self.session)
             await self.channel.send({"op": "ready", "pid": os.getpid()})
+            if init["slot"] == 0:
+                # One worker re-offers what the store already holds (the
+                # workers share the store and the peer id).
+                self._chore(self.downloader.announce_cached())
             while (message := await self.channel.receive()) is not None:
                 if message.get("op") == "shutdown":
                     break
@@ -105,11 +109,14 @@ class Worker:
         elif op == "forget":
             task_id = TaskId(message["task"])
             self.upload.forget(task_id)
-            chore = asyncio.create_task(self.downloader.leave(task_id))
-            self.chores.add(chore)
-            chore.add_done_callback(self.chores.discard)
+            self._chore(self.downloader.leave(task_id))
         else:
             log.warning("unknown message from the coordinator: %r", op)
+
+    def _chore(self, coro) -> None:
+        chore = asyncio.create_task(coro)
+        self.chores.add(chore)
+        chore.add_done_callback(self.chores.discard)
 
     async def _job(self, job: int, wire: dict) -> None:
         from engine.download import DownloadRequest

@@ -39,10 +39,10 @@ from engine.download.p2p import download_p2p
 from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.rpc import RpcClient
 from engine.download.sinks import BouncePool, default_disk_threads
-from engine.download.supernodes import Unreachable, heartbeat, leave
+from engine.download.supernodes import Refused, Unreachable, announce, heartbeat, leave
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
-from engine.messages import PeerInfo
+from engine.messages import Announce, PeerInfo
 from engine.meta import redact_url
 from engine.store import PieceStore, TaskFile
 from engine.types import TaskId
@@ -188,6 +188,50 @@ class Downloader:
                     job.reservation.release()
                     job.reservation = None
 
+    async def announce_cached(self) -> int:
+        """Offer the complete tasks already in the store to the supernodes; how many took.
+
+        After a restart nobody knows this host holds them: a task complete
+        in the store is answered locally without a word to any supernode,
+        so without this the host would never seed it again. Each task goes
+        to the supernodes in turn until one that has that version whole
+        accepts it (the store's task id is the supernode's version id, so a
+        supernode that never saw it answers 404); from then on it is served,
+        heartbeated and left like a task this process downloaded. A task no
+        supernode takes stays local. Best effort: errors are logged.
+        """
+        try:
+            metas = await asyncio.to_thread(self.store.complete_tasks)
+        except OSError as exc:
+            log.warning("cannot list the store to announce it: %s", exc)
+            return 0
+        taken = 0
+        for meta in metas:
+            if meta.task_id in self._nodes or meta.sha256 is None:
+                continue
+            msg = Announce(self.peer, meta.task_id, meta.sha256)
+            for node in self.supernodes:
+                try:
+                    await announce(self._rpc, node, msg, self.rpc_timeout)
+                except Refused as exc:
+                    log.debug("announce %s to %s: %s", meta.task_id, node, exc)
+                    continue
+                except SupernodeError as exc:
+                    log.info("announce %s to %s: %s", meta.task_id, node, exc)
+                    continue
+                self._registered(meta.task_id, node)
+                taken += 1
+                break
+        if metas:
+            log.info("announced %d of %d cached task(s)", taken, len(metas))
+        return taken
+
+    def _registered(self, store_id: TaskId, node: str) -> None:
+        """``node`` schedules ``store_id`` for this peer: heartbeat it, leave it at the end."""
+        self._nodes[store_id] = node
+        if self._heartbeat is None and not self._closed:
+            self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+
     async def leave(self, task_id: TaskId | None = None) -> None:
         """Tell the supernode this peer no longer serves ``task_id`` (None: any task).
 
@@ -255,9 +299,7 @@ class Downloader:
     def _context(self, job: Job) -> Context:
         def registered(store_id: TaskId, node: str | None) -> None:
             if node is not None:
-                self._nodes[store_id] = node
-                if self._heartbeat is None:
-                    self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+                self._registered(store_id, node)
 
         pacer = self.pacer if job.pacer is None else Chain(job.pacer, self.pacer)
         return Context(self.store, self.supernodes, self.peer, self._get_session(), self._rpc,

@@ -26,8 +26,8 @@ import orjson
 
 from engine.download.rpc import BadAnswer, RpcClient
 from engine.errors import BadInput, SupernodeError
-from engine.messages import (Heartbeat, Leave, PeerInfo, RegisterRequest, ScheduleRequest,
-                             ScheduleResponse, TaskView)
+from engine.messages import (Announce, Heartbeat, Leave, PeerInfo, RegisterRequest,
+                             ScheduleRequest, ScheduleResponse, TaskView)
 from engine.types import PeerId, TaskId
 
 log = logging.getLogger(__name__)
@@ -174,3 +174,11 @@ async def heartbeat(rpc: RpcClient, node: str, peer: PeerInfo | PeerId,
 async def leave(rpc: RpcClient, node: str, peer_id: PeerId,
                 task_id: TaskId | None, timeout: float) -> None:
     await call(rpc, node, "/api/v1/leave", Leave(peer_id, task_id).to_wire(), timeout)
+
+
+async def announce(rpc: RpcClient, node: str, msg: Announce, timeout: float) -> TaskView:
+    data = await call(rpc, node, "/api/v1/announce", msg.to_wire(), timeout)
+    try:
+        return TaskView.from_wire(data)
+    except BadInput as exc:
+        raise SupernodeError(f"supernode {node} sent a bad task view: {exc}") from exc

@@ -1,4 +1,5 @@
-"""dfdaemon as a process: supervision, faults, auto-start, idle exit, shutdown, GC."""
+"""dfdaemon as a process: supervision, faults, auto-start, idle exit, shutdown, GC,
+seeding again after a restart."""
 
 from __future__ import annotations
 
@@ -202,3 +203,31 @@ def test_finished_tasks_expire_after_the_ttl(root, daemons):
         r = dfget(host.data_dir, url, os.path.join(root, "out2"))
         assert r.returncode == 0, r.stderr
         assert sha256_file(os.path.join(root, "out2")) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_restarted_daemon_seeds_what_its_store_holds(root, daemons):
+    data = os.urandom(3 * PIECE + 5)
+    with Services(root) as services:
+        url = services.add("kept", data)
+        first = Daemon(os.path.join(root, "a"), [services.supernode_url])
+        daemons.append(first)
+        r = dfget(first.data_dir, url, os.path.join(root, "out-a"))
+        assert r.returncode == 0, r.stderr
+        assert first.terminate() == 0                  # it leaves the task as it stops
+        again = Daemon(first.data_dir, [services.supernode_url])
+        daemons.append(again)
+        deadline = time.monotonic() + 20
+        while "announced 1 of 1 cached task(s)" not in again.log():
+            assert time.monotonic() < deadline, again.log()
+            time.sleep(0.05)
+        other = Daemon(os.path.join(root, "b"), [services.supernode_url])
+        daemons.append(other)
+        out = os.path.join(root, "out-b")
+        r = dfget(other.data_dir, url, out)
+        assert r.returncode == 0, r.stderr
+        assert sha256_file(out) == hashlib.sha256(data).hexdigest()
+        # Nobody had asked the restarted daemon for the file, yet it served
+        # most of it: a request is spread over sources (a peer first, then
+        # the CDN for the second piece), so 3 of the 4 pieces; 0 without
+        # the announce.
+        assert again.stats()["upload"]["pieces"] >= 3
