@@ -15,7 +15,10 @@ The finished task stays in the store, servable by the upload server of this
 host; the daemon expires it. While this peer downloads or seeds, a
 heartbeat goes to each supernode it registered with every
 ``heartbeat_interval`` seconds (a sleeping task: an idle Downloader that
-never registered runs nothing at all).
+never registered runs nothing at all). A supernode that answers the
+heartbeat with 404 has lost this peer (it restarted): the complete tasks it
+scheduled are announced to it again (``announce_cached`` does the same for a
+store this process did not download, after a restart of the daemon).
 
 Each caller gets its own open TaskFile of the complete task and must close
 it. One event loop owns a Downloader; it is not thread-safe.
@@ -43,7 +46,7 @@ from engine.download.supernodes import Refused, Unreachable, announce, heartbeat
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
 from engine.messages import Announce, PeerInfo
-from engine.meta import redact_url
+from engine.meta import TaskMeta, redact_url
 from engine.store import PieceStore, TaskFile
 from engine.types import TaskId
 from engine.upload import Pacer
@@ -207,24 +210,48 @@ class Downloader:
             return 0
         taken = 0
         for meta in metas:
-            if meta.task_id in self._nodes or meta.sha256 is None:
-                continue
-            msg = Announce(self.peer, meta.task_id, meta.sha256)
-            for node in self.supernodes:
-                try:
-                    await announce(self._rpc, node, msg, self.rpc_timeout)
-                except Refused as exc:
-                    log.debug("announce %s to %s: %s", meta.task_id, node, exc)
-                    continue
-                except SupernodeError as exc:
-                    log.info("announce %s to %s: %s", meta.task_id, node, exc)
-                    continue
-                self._registered(meta.task_id, node)
-                taken += 1
-                break
+            if meta.task_id not in self._nodes:
+                taken += await self._offer(meta, self.supernodes)
         if metas:
             log.info("announced %d of %d cached task(s)", taken, len(metas))
         return taken
+
+    async def _offer(self, meta: TaskMeta, nodes: list[str]) -> bool:
+        """Announce the complete task ``meta`` to ``nodes`` in turn; True once one took it."""
+        if meta.sha256 is None:
+            return False
+        msg = Announce(self.peer, meta.task_id, meta.sha256)
+        for node in nodes:
+            try:
+                await announce(self._rpc, node, msg, self.rpc_timeout)
+            except Refused as exc:
+                log.debug("announce %s to %s: %s", meta.task_id, node, exc)
+                continue
+            except SupernodeError as exc:
+                log.info("announce %s to %s: %s", meta.task_id, node, exc)
+                continue
+            self._registered(meta.task_id, node)
+            return True
+        return False
+
+    async def _offer_again(self, node: str) -> None:
+        """``node`` no longer knows this peer (it restarted): announce again the
+        complete tasks it scheduled for us; the ones it refuses stop being its.
+        A download still running registers again by itself."""
+        for task_id in [t for t, n in self._nodes.items() if n == node]:
+            try:
+                task = self.store.open(task_id)
+            except StoreError:
+                del self._nodes[task_id]        # gone from the store meanwhile
+                continue
+            try:
+                meta, complete = task.meta, task.complete
+            finally:
+                task.close()
+            if complete:
+                del self._nodes[task_id]
+                if not await self._offer(meta, [node]):
+                    log.info("supernode %s no longer takes task %s", node, task_id)
 
     def _registered(self, store_id: TaskId, node: str) -> None:
         """``node`` schedules ``store_id`` for this peer: heartbeat it, leave it at the end."""
@@ -377,6 +404,10 @@ class Downloader:
             for node in set(self._nodes.values()):
                 try:
                     await heartbeat(self._rpc, node, self.peer, self.rpc_timeout)
+                except Refused as exc:
+                    log.info("heartbeat: %s", exc)
+                    if exc.status == 404:
+                        await self._offer_again(node)
                 except SupernodeError as exc:
                     log.info("heartbeat: %s", exc)
 

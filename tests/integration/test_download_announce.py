@@ -1,4 +1,5 @@
-"""A restarted peer offers the complete tasks in its store (Downloader.announce_cached).
+"""A restarted peer offers the complete tasks in its store (Downloader.announce_cached),
+and a seed offers them again to a supernode that restarted.
 
 A complete task is answered from the local store without a word to the
 supernode, so after a restart nobody knew the host held it and it never
@@ -114,3 +115,40 @@ def test_the_supernode_takes_only_a_copy_of_what_it_holds_whole(tmp_path):
     assert s1 == 400 and "another sha256" in e1["error"]
     assert s2 == 400 and "CDN" in e2["error"]
     assert s3 == 200 and v3["sha256"] == digest
+
+
+def test_a_seed_offers_its_tasks_again_when_the_supernode_restarts(tmp_path):
+    data = os.urandom(4 * PIECE)
+
+    async def main():
+        async with Origin() as origin:
+            origin.add("f", data)
+            url = origin.url("f")
+            store = PieceStore(str(tmp_path / "a"))
+            async with UploadServer(store) as upload:
+                me = PeerInfo(PeerId("peer-a"), "127.0.0.1", upload.port)
+                async with supernode(tmp_path / "sn") as node:
+                    port = node.port
+                    seed = Downloader(store, [f"127.0.0.1:{port}"], me, heartbeat_interval=0.1)
+                    (await seed.download(DownloadRequest(url))).close()
+                try:
+                    # The same supernode again (its cache restored), which has
+                    # forgotten every peer: the seed's next heartbeat is a 404.
+                    async with supernode(tmp_path / "sn", port=port) as node:
+                        at_start = node.service.metrics()
+                        for _ in range(300):
+                            if node.service.metrics().get("announces"):
+                                break
+                            await asyncio.sleep(0.01)
+                        before = upload.stats["pieces"]
+                        async with swarm(tmp_path / "b", node, 1, parallel=1) as (b,):
+                            await fetch_and_check(b, url, data, tmp_path)
+                            return (at_start.get("announces", 0),
+                                    node.service.metrics().get("announces"),
+                                    upload.stats["pieces"] - before)
+                finally:
+                    await seed.aclose()
+
+    announced_at_start, announced, served = run(main())
+    assert announced_at_start == 0 and announced == 1
+    assert served == 4                  # every piece from the seed, none from the CDN
