@@ -175,6 +175,10 @@ class SupernodeService:
             raise BadInput(f"peer id {CDN_PEER} is the CDN's own")
         if v.state != COMPLETE:
             raise BadInput(f"task {msg.task_id} is not complete here yet")
+        if v in self._retired:
+            # Nobody new is sent to a replaced version; a seed would only
+            # keep it (and its CDN copy) alive.
+            raise BadInput(f"task {msg.task_id} was replaced by a newer version")
         if v.sha256 != msg.sha256:
             raise BadInput(f"task {msg.task_id} has another sha256 here")
         peer = msg.peer

@@ -85,8 +85,13 @@ def test_revalidation_and_a_new_version_never_mixes(tmp_path):
                 await c.schedule(v1, [_ok(pending)], want=0)
                 rest = await c.resume(first.view)
                 assert rest.action == "done" and rest.data == old
-                # v1 goes once nobody is left in it.
+                # v1 goes once nobody is left in it; a seed offering it now
+                # (a restarted daemon) is refused, or it would keep v1 alive.
                 assert v1 in node.service.versions
+                status, answer = await d.post("/api/v1/announce", {
+                    "peer": {"peer_id": "e", "ip": "127.0.0.1", "port": 9},
+                    "task_id": v1.hex, "sha256": sha(old)})
+                assert status == 400 and "replaced" in answer["error"]
                 for q in (a, b, c):
                     await q.post("/api/v1/leave", {"peer_id": q.name, "task_id": v1.hex})
                 await until(lambda: v1 not in node.service.versions)
