@@ -293,8 +293,13 @@ def _shut(conn: socket.socket) -> None:
 
 
 async def _sendall(conn: socket.socket, data: bytes) -> None:
-    async with asyncio.timeout(SEND_STALL):
-        await asyncio.get_running_loop().sock_sendall(conn, data)
+    try:
+        sent = conn.send(data)      # a head or a short answer: almost always all of it
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        async with asyncio.timeout(SEND_STALL):
+            await asyncio.get_running_loop().sock_sendall(conn, memoryview(data)[sent:])
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

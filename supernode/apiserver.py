@@ -165,6 +165,9 @@ class ApiServer:
         head = http1.response_head(status, len(body), {"Content-Type": kind}, keep_alive)
         writer.write(head if head_only else head + body)
         with contextlib.suppress(ConnectionError):
+            if not writer.transport.get_write_buffer_size():
+                await writer.drain()        # all sent: it cannot block (and no timer)
+                return
             # A client that does not read its answers ends its connection
             # (the TimeoutError reaches _accept) instead of holding it.
             async with asyncio.timeout(self.request_timeout):
