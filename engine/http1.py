@@ -101,6 +101,12 @@ class RequestParser:
     def pending(self) -> int:
         return len(self._buf)
 
+    @property
+    def begun(self) -> bool:
+        """A request has started and is not whole yet (bytes of it, or a head
+        waiting for its body)."""
+        return bool(self._buf) or self._head is not None
+
 
 def _parse_head(head: bytes, max_body: int = 0) -> Request:
     try:

@@ -172,9 +172,9 @@ class UploadServer:
                 for request in requests:
                     if not await self._answer(conn, request) or not request.keep_alive:
                         return
-                if requests or not parser.pending:
+                if requests or not parser.begun:
                     due = 0.0
-                if parser.pending and not due:
+                if parser.begun and not due:
                     due = loop.time() + REQUEST_TIMEOUT
         except (ConnectionError, TimeoutError):
             pass  # the peer went away; nothing to clean but the socket

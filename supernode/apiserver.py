@@ -134,9 +134,9 @@ class ApiServer:
                                  head_only=request.method == "HEAD")
                 if not request.keep_alive:
                     return
-            if requests or not parser.pending:
+            if requests or not parser.begun:
                 due = None
-            if parser.pending and due is None:
+            if parser.begun and due is None:
                 due = loop.time() + self.request_timeout
             if parser.continue_due:         # after the answers to earlier requests
                 parser.continue_due = False

@@ -242,3 +242,19 @@ def test_shutdown_is_not_held_up_by_a_client_that_never_reads():
         writer.close()
 
     run(main())
+
+
+def test_a_body_that_never_comes_gets_408_too():
+    # The head is whole; its body is what the client holds back.
+    async def main():
+        async with ApiServer(EchoApi(), "127.0.0.1", 0, idle_timeout=5.0,
+                             request_timeout=0.3) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+                await writer.drain()
+                return await asyncio.wait_for(reader.read(), 2)
+            finally:
+                writer.transport.abort()
+
+    assert run(main()).startswith(b"HTTP/1.1 408 ")

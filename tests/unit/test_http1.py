@@ -105,3 +105,13 @@ def test_continue_is_due_only_while_an_expected_body_is_missing():
     # The body came with the head: nobody is waiting for a 100.
     parser.feed(b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz")
     assert not parser.continue_due
+
+
+def test_begun_covers_a_head_waiting_for_its_body():
+    parser = http1.RequestParser(max_body=100)
+    assert not parser.begun
+    assert parser.feed(b"POST /x HTTP/1.1\r\n") == [] and parser.begun
+    assert parser.feed(b"Content-Length: 3\r\n\r\n") == []
+    assert parser.pending == 0 and parser.begun      # the head is in, the body is not
+    (request,) = parser.feed(b"abc")
+    assert request.body == b"abc" and not parser.begun
