@@ -75,8 +75,9 @@ class ApiServer:
         # Closing a connection ends its task at its next read; one still
         # inside a handler (a register waiting for the origin) is cancelled.
         # A closed transport still waits to flush its answers, so one whose
-        # client stopped reading is aborted after the grace period: the server
-        # would otherwise never finish closing.
+        # client stopped reading is aborted after the grace period: from
+        # Python 3.12 on, wait_closed waits for every connection, and would
+        # wait for ever (3.11's returns without them).
         self._server.close()
         writers = dict(self._conns)
         for writer in writers.values():
