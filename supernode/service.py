@@ -171,8 +171,6 @@ class SupernodeService:
         v = self.versions.get(msg.task_id)
         if v is None:
             raise UnknownTask(f"task {msg.task_id} is not known here")
-        if msg.peer.peer_id == CDN_PEER:
-            raise BadInput(f"peer id {CDN_PEER} is the CDN's own")
         if v.state != COMPLETE:
             raise BadInput(f"task {msg.task_id} is not complete here yet")
         if v in self._retired:

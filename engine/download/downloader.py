@@ -218,8 +218,6 @@ class Downloader:
 
     async def _offer(self, meta: TaskMeta, nodes: list[str]) -> bool:
         """Announce the complete task ``meta`` to ``nodes`` in turn; True once one took it."""
-        if meta.sha256 is None:
-            return False
         msg = Announce(self.peer, meta.task_id, meta.sha256)
         for node in nodes:
             try:
@@ -238,20 +236,12 @@ class Downloader:
         """``node`` no longer knows this peer (it restarted): announce again the
         complete tasks it scheduled for us; the ones it refuses stop being its.
         A download still running registers again by itself."""
-        for task_id in [t for t, n in self._nodes.items() if n == node]:
-            try:
-                task = self.store.open(task_id)
-            except StoreError:
-                del self._nodes[task_id]        # gone from the store meanwhile
-                continue
-            try:
-                meta, complete = task.meta, task.complete
-            finally:
-                task.close()
-            if complete:
-                del self._nodes[task_id]
+        theirs = {t for t, n in self._nodes.items() if n == node}
+        for meta in await asyncio.to_thread(self.store.complete_tasks):
+            if meta.task_id in theirs:
+                del self._nodes[meta.task_id]
                 if not await self._offer(meta, [node]):
-                    log.info("supernode %s no longer takes task %s", node, task_id)
+                    log.info("supernode %s no longer takes task %s", node, meta.task_id)
 
     def _registered(self, store_id: TaskId, node: str) -> None:
         """``node`` schedules ``store_id`` for this peer: heartbeat it, leave it at the end."""

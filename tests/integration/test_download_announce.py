@@ -8,7 +8,6 @@ served it again. Every output is checked by sha256 against the origin.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 
@@ -17,12 +16,12 @@ import aiohttp
 from engine.download import Downloader, DownloadRequest
 from engine.messages import PeerInfo
 from engine.store import PieceStore
-from engine.types import PeerId
+from engine.types import PeerId, TaskId
 from engine.upload import UploadServer
 from tests.helpers import dead_port, run
 from tests.integration.dlharness import PIECE, fetch_and_check, swarm
 from tests.integration.origin import Origin
-from tests.integration.snharness import supernode
+from tests.integration.snharness import supernode, until
 
 
 def test_a_restarted_peer_offers_its_store_and_serves_it(tmp_path):
@@ -91,17 +90,9 @@ def test_the_supernode_takes_only_a_copy_of_what_it_holds_whole(tmp_path):
             async with s.post(node.url + "/api/v1/register",
                               json={"url": origin.url("f"), "peer": peer}) as resp:
                 task_id = (await resp.json())["task_id"]
-            view = {}
-
-            async def complete() -> bool:
-                async with s.get(node.url + f"/api/v1/tasks/{task_id}") as resp:
-                    view.update(await resp.json())
-                return view["state"] == "complete"
-
-            for _ in range(500):
-                if await complete():
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: node.service.task_view(TaskId(task_id)).state == "complete")
+            async with s.get(node.url + f"/api/v1/tasks/{task_id}") as resp:
+                view = await resp.json()
             answers = []
             for name, sha in (("p2", "0" * 64), ("cdn", digest), ("p2", digest)):
                 body = {"peer": {**peer, "peer_id": name}, "task_id": task_id, "sha256": sha}
@@ -136,10 +127,7 @@ def test_a_seed_offers_its_tasks_again_when_the_supernode_restarts(tmp_path):
                     # forgotten every peer: the seed's next heartbeat is a 404.
                     async with supernode(tmp_path / "sn", port=port) as node:
                         at_start = node.service.metrics()
-                        for _ in range(300):
-                            if node.service.metrics().get("announces"):
-                                break
-                            await asyncio.sleep(0.01)
+                        await until(lambda: node.service.metrics().get("announces"))
                         before = upload.stats["pieces"]
                         async with swarm(tmp_path / "b", node, 1, parallel=1) as (b,):
                             await fetch_and_check(b, url, data, tmp_path)

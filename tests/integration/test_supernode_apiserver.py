@@ -37,6 +37,14 @@ class EchoApi:
             method.encode(), target.encode(), len(body))
 
 
+async def stuck_client(port: int) -> asyncio.StreamWriter:
+    """A connection that asks for 64 MiB of answers and never reads them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /big HTTP/1.1\r\n\r\n" * 16)
+    await writer.drain()
+    return writer
+
+
 async def exchange(port: int, data: bytes, *, until_close: bool = True) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(data)
@@ -194,10 +202,8 @@ def test_a_client_that_never_reads_its_answers_is_dropped():
     async def main():
         async with ApiServer(EchoApi(), "127.0.0.1", 0, idle_timeout=60.0,
                              request_timeout=0.3) as server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer = await stuck_client(server.port)
             try:
-                writer.write(b"GET /big HTTP/1.1\r\n\r\n" * 16)   # 64 MiB of answers, unread
-                await writer.drain()
                 await until(lambda: server.connections == 1)
                 await until(lambda: server.connections == 0, timeout=5.0)
             finally:
@@ -234,11 +240,9 @@ def test_shutdown_is_not_held_up_by_a_client_that_never_reads():
     async def main():
         server = ApiServer(EchoApi(), "127.0.0.1", 0)        # default timeouts: 30 s
         await server.__aenter__()
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /big HTTP/1.1\r\n\r\n" * 16)
-        await writer.drain()
-        await until(lambda: server.connections == 1)
-        await asyncio.sleep(0.3)                              # its answers pile up unread
+        writer = await stuck_client(server.port)
+        await until(lambda: any(w.transport.get_write_buffer_size()   # answers pile up
+                                for w in server._conns.values()))
         await asyncio.wait_for(server.__aexit__(None, None, None), 5)
         assert server.connections == 0
         writer.close()

@@ -14,6 +14,7 @@ from engine.store import PieceStore
 from engine.upload import UploadServer
 from engine.types import TaskId
 from tests.helpers import run
+from tests.integration.snharness import until
 
 PIECE = 1 << 20
 
@@ -215,7 +216,7 @@ def test_a_downloader_that_stops_reading_loses_its_slot(seeded, monkeypatch):
             try:
                 writer.write(get * 32)      # 32 MiB of pieces, never read
                 await writer.drain()
-                await asyncio.sleep(0.2)
+                await until(lambda: server._busy == 1)   # its send holds the slot
                 for _ in range(50):         # the one slot is held until the stall ends it
                     status, _, body = await asyncio.wait_for(_get(server.port, get), 5)
                     if status == 200:
