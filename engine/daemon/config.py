@@ -61,6 +61,19 @@ def default_data_dir() -> str:
     return os.path.join(cache, "damselfly")
 
 
+def proxy_address(text: str) -> tuple[str, int]:
+    """``127.0.0.1:65001`` or ``[::1]:0`` -> (host, port). BadInput when it is not one."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise BadInput(f"not an ip:port address: {text!r} (use e.g. 127.0.0.1:65001)")
+    return host, int(port)
+
+
+def _proxy_check(value: str) -> str | None:
+    return _checker(proxy_address)(value) if value else None
+
+
 def supernode_url(text: str) -> str:
     """``host:port`` or a URL -> ``http://host:port`` (no trailing slash)."""
     text = text.strip().rstrip("/")
@@ -110,6 +123,13 @@ class DaemonConfig(HostOptions):
     idle_exit: str = option("0", "exit after this long without local requests or uploads (0: never)",
                             check=_checker(parse_duration), metavar="DURATION")
     back_source: bool = option(True, "let downloads fall back to the origin")
+    proxy: str = option("", "serve the registry mirror / HTTP proxy on ip:port (port 0: any "
+                            "free port; empty: off)", check=_proxy_check,
+                        metavar="IP:PORT")
+    registry: str = option("", "upstream registry the mirror serves, e.g. "
+                               "https://registry-1.docker.io (needs --proxy)",
+                           check=lambda v: None if not v or v.startswith(("http://", "https://"))
+                           else "must be an http(s) URL", metavar="URL")
     peer_id: str = option("", "peer id (default: kept in <data-dir>/peer-id)")
     location: str = option("", "location label; the scheduler prefers nearby peers")
     ready_file: str | None = option(None, "write {pid, upload_port, socket} here once ready")
@@ -120,6 +140,8 @@ class DaemonConfig(HostOptions):
     def __post_init__(self) -> None:
         if self.workers > 256:
             raise ConfigError("workers must be at most 256")
+        if self.registry and not self.proxy:
+            raise ConfigError("registry is the mirror's upstream: it needs proxy (ip:port)")
 
     @property
     def worker_count(self) -> int:

@@ -29,7 +29,7 @@ import time
 import orjson
 
 from engine.control import ControlBlock
-from engine.daemon.config import DaemonConfig
+from engine.daemon.config import DaemonConfig, proxy_address
 from engine.daemon.gc import ExpiryTable
 from engine.daemon.hostinfo import advertise_ip, data_dir_lock, load_peer_id, reserve_port
 from engine.daemon.idle import IdleExit
@@ -66,9 +66,11 @@ class Coordinator:
         self._last_stats: dict[int, dict] = {}
         self._gc_timer: asyncio.TimerHandle | None = None
         self.idle = IdleExit(config.idle_exit_seconds, config.idle_exit,
-                             busy=lambda: bool(self._clients or self.table),
+                             busy=lambda: bool(self._clients or self.table
+                                               or (self.proxy and self.proxy.active)),
                              uploaded=self._uploaded, spawn=self._spawn, exit=self.stop)
         self._rpc = None  # RpcClient, only to leave tasks at the supernodes
+        self.proxy = None  # engine.proxy.server.Proxy with --proxy
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,6 +99,8 @@ class Coordinator:
             await self.supervisor.start()
             stack.push_async_callback(self._end_chores)
             await self._serve_socket(stack)
+            if self.config.proxy:
+                await self._serve_proxy(stack)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
                 stack.callback(loop.remove_signal_handler, sig)
@@ -139,10 +143,23 @@ class Coordinator:
         await asyncio.gather(*self._clients, return_exceptions=True)
         await server.wait_closed()
 
+    async def _serve_proxy(self, stack: contextlib.AsyncExitStack) -> None:
+        from engine.proxy.server import Proxy  # aiohttp: only a daemon with a proxy loads it
+
+        host, port = proxy_address(self.config.proxy)
+        self.proxy = Proxy(host=host, port=port, socket_path=self.config.socket_path,
+                           data_dir=self.data, registry=self.config.registry,
+                           on_busy=self.idle.cancel, on_idle=self.idle.arm)
+        await self.proxy.start()
+        stack.push_async_callback(self.proxy.close)
+
     def _announce_ready(self, stack: contextlib.AsyncExitStack) -> None:
-        line = orjson.dumps({"pid": os.getpid(), "upload_port": self.upload_port,
-                             "socket": self.config.socket_path, "peer_id": self.peer_id,
-                             "data_dir": self.data, "workers": self.supervisor.pids}) + b"\n"
+        ready = {"pid": os.getpid(), "upload_port": self.upload_port,
+                 "socket": self.config.socket_path, "peer_id": self.peer_id,
+                 "data_dir": self.data, "workers": self.supervisor.pids}
+        if self.proxy is not None:
+            ready["proxy"] = self.proxy.address
+        line = orjson.dumps(ready) + b"\n"
         if self.config.ready_file:
             write_atomically(self.config.ready_file, line)
             stack.callback(_unlink_quietly, self.config.ready_file)
@@ -314,7 +331,8 @@ class Coordinator:
                 "upload_port": self.upload_port, "workers": self.supervisor.pids,
                 "worker_restarts": sum(h.restarts for h in self.supervisor.handles),
                 "active_jobs": len(self.table), "tasks_cached": len(self.expiry),
-                "disk_reserved": self.block.disk_reserved(), **totals}
+                "disk_reserved": self.block.disk_reserved(), **totals,
+                **({"proxy": dict(self.proxy.counters)} if self.proxy is not None else {})}
 
     # --- timers ------------------------------------------------------------------
 

@@ -127,3 +127,25 @@ def test_help_mentions_env(capsys):
         SPEC.load(["--help"], env={})
     out = capsys.readouterr().out
     assert "DAMSELFLY_TEST_PORT" in out and "--ready-file" in out and "***" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--registry", "https://r.example"], "registry is the mirror's upstream: it needs proxy"),
+    (["--proxy", "65001"], "not an ip:port address"),
+    (["--proxy", "127.0.0.1:70000"], "not an ip:port address"),
+    (["--proxy", "127.0.0.1:0", "--registry", "r.example"], "must be an http\\(s\\) URL"),
+])
+def test_dfdaemon_mirror_options_are_checked(argv, needle):
+    from engine.daemon.config import SPEC as DAEMON
+
+    with pytest.raises(ConfigError, match=needle):
+        DAEMON.load(argv, env={})
+
+
+def test_dfdaemon_mirror_options_parse():
+    from engine.daemon.config import SPEC as DAEMON, proxy_address
+
+    c = DAEMON.load(["--proxy", "[::1]:65001", "--registry", "http://127.0.0.1:5000"],
+                    env={}).config
+    assert proxy_address(c.proxy) == ("::1", 65001) and c.registry == "http://127.0.0.1:5000"
+    assert DAEMON.load([], env={}).config.proxy == ""
