@@ -10,6 +10,8 @@ declare -A tools=(
   [ip]=iproute2 [tc]=iproute2 [curl]=curl [mount]=mount
   # the lab's baselines: a central HTTP server and BitTorrent with a tracker
   [nginx]=nginx [aria2c]=aria2 [opentracker]=opentracker
+  # the registry mirror's end-to-end test: a real registry and a real client
+  [docker-registry]=docker-registry [skopeo]=skopeo
 )
 missing=()
 for cmd in "${!tools[@]}"; do

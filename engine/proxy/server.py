@@ -142,7 +142,7 @@ class Proxy:
             if r.blob is not None:
                 return await self._blob(request, r)
             return await self._pass(request, r.upstream)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.counters["errors"] += 1
             log.warning("proxy: %s %s: %s", request.method, redact_url(r.upstream), exc)
             return _text(502, f"upstream {redact_url(r.upstream)} failed: "
@@ -165,7 +165,7 @@ class Proxy:
             try:
                 async for chunk in up.content.iter_chunked(CHUNK):
                     await resp.write(chunk)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # The head is out: all a proxy can do now is end the connection,
                 # so that the client sees a short body, not a whole one.
                 self.counters["errors"] += 1

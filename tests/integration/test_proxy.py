@@ -139,6 +139,7 @@ def test_ranges_unknown_blobs_and_proxy_requests(world):
     status, headers, body = call(f"{mirror}/v2/{REPO_NAME}/blobs/{digest}",
                                  {**auth, "Range": "bytes=1000-1999"})
     assert status == 206 and body == data[1000:2000], status
+    assert headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
     missing = "sha256:" + hashlib.sha256(b"not in the registry").hexdigest()
     status, _, body = call(f"{mirror}/v2/{REPO_NAME}/blobs/{missing}", auth)
     assert status == 404 and b"BLOB_UNKNOWN" in body
