@@ -46,7 +46,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from engine.errors import BadInput, BrokenByPeer, DamselflyError
+from engine.errors import BadInput, BrokenByPeer, ConfigError, DamselflyError
 from engine.localapi import Channel, DownloadCommand, error_from_event
 from engine.meta import redact_url
 from engine.proxy.rules import (
@@ -95,9 +95,9 @@ class Proxy:
             await site.start()
         except OSError as exc:
             await self.close()
-            raise DamselflyError(f"proxy cannot listen on {self.host}:{self.port}: "
-                                 f"{exc.strerror or exc}") from exc
-        self.port = site._server.sockets[0].getsockname()[1]
+            raise ConfigError(f"proxy cannot listen on {self.host}:{self.port}: "
+                              f"{exc.strerror or exc}") from exc
+        self.port = self._runner.addresses[0][1]
         log.info("registry mirror / proxy on %s:%d, upstream %s", self.host, self.port,
                  self.registry or "(proxy requests only)")
 
@@ -137,7 +137,7 @@ class Proxy:
         try:
             r = route(request.method, request.raw_path, self.registry)
         except BadInput as exc:
-            return _text(502 if "mirrors no registry" in str(exc) else 400, str(exc))
+            return _text(400, str(exc))
         try:
             if r.blob is not None:
                 return await self._blob(request, r)

@@ -9,12 +9,16 @@ import http.client
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import orjson
 import pytest
 
+from engine.errors import ConfigError
+from tests.helpers import REPO
 from tests.integration.fakeregistry import MANIFEST_TYPE, FakeRegistry
 from tests.integration.swarm import Daemon, Services, short_tempdir
 
@@ -178,3 +182,21 @@ def test_connect_and_unroutable_requests_get_clear_errors(world):
     assert b"registry mirror" in head
     status, _, body = call(f"{mirror_url(a)}/v2/?ns=bad%20host")
     assert status == 400 and b"bad registry name" in body
+
+
+def test_a_proxy_port_in_use_is_a_configuration_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        data = short_tempdir("dfq-")
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "engine.cli.dfdaemon", "--data-dir", data,
+                 "--listen-ip", "127.0.0.1", "--workers", "1",
+                 "--proxy", f"127.0.0.1:{port}"],
+                cwd=REPO, capture_output=True, text=True, timeout=60)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+    assert r.returncode == ConfigError.exit_code, r.stderr
+    assert f"proxy cannot listen on 127.0.0.1:{port}" in r.stderr
