@@ -4,8 +4,10 @@ The scheduler is ``supernode.scheduler.Scheduler`` itself, driven with the
 simulated clock, so what is measured is the shipped policy and its CPU cost,
 not a model of it. The peers follow the engine's download loop
 (``engine/download/p2p.py``): a round reports the results since the last one
-and asks for ``parallel - in flight`` pieces; after a ``wait`` the peer asks
-again after ``wait_ms`` or when a transfer ends, whichever is first; a piece
+and asks for ``parallel - in flight`` pieces; after an ``assign`` of fewer
+pieces than that it asks again at once (the engine's loop sends a call
+whenever it wants pieces and no "wait" holds it back); after a ``wait`` it
+asks again after ``wait_ms`` or when a transfer ends, whichever is first; a piece
 assigned again while it is in flight (an endgame copy) is not fetched twice
 but reported with the first. A finished peer keeps serving, as a dfdaemon
 does. Each schedule call costs ``rpc_s`` (the round trip to the supernode)
@@ -17,7 +19,7 @@ first bytes and the TCP ramp, which in the lab cost tens of milliseconds
 per piece (engine.download.p2p). ``ask_ahead=True`` models it, but the
 fluid model has none of that latency to hide and only the cost: an extra
 flow sharing the receiver and more "wait" answers. 1,000 peers: T/bound
-1.174 without, 1.213 with (NEAR_DONE 0.5; 0.9 gives 1.195), so it is off by
+1.167 without, 1.215 with (NEAR_DONE 0.5; 0.9 gave 1.195), so it is off by
 default and the sim's peers ask after each piece; the lab at N = 10 has the
 opposite sign (10.74 s without, 10.42 s with, means of 7 and 3 runs).
 
@@ -128,6 +130,8 @@ def simulate(cfg: SimConfig, scheduler_config: SchedulerConfig | None = None) ->
                                                        (p, g.piece, g.source))
                 if cfg.ask_ahead:
                     watch_near(p, g.piece, flow, n_bytes * (1 - NEAR_DONE))
+            if len(p.inflight) < cfg.parallel + len(p.near):
+                trigger(p)      # fewer than asked: the engine asks again at once
         elif action == WAIT:
             stats["waits"] += 1
             no = p.round_no
