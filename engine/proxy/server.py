@@ -111,7 +111,8 @@ class Proxy:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     # --- one request -------------------------------------------------------------
 

@@ -78,3 +78,11 @@ def test_the_swarm_gets_credentials_but_not_the_clients_range_or_conditionals():
             ("Host", "mirror"), ("Accept-Encoding", "gzip")]
     assert swarm_headers(sent) == {"Authorization": "Bearer t", "Cookie": "a=1; b=2",
                                    "Accept": "x, y"}
+
+
+def test_the_proxy_reports_its_address_as_clients_write_it():
+    from engine.proxy.server import Proxy
+
+    for host, want in (("127.0.0.1", "127.0.0.1:65001"), ("::1", "[::1]:65001")):
+        assert Proxy(host=host, port=65001, socket_path="/nowhere",
+                     data_dir="/nowhere").address == want
