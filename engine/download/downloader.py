@@ -12,13 +12,9 @@ Order of preference for a request:
    supernode says back_to_source, and the request allows it.
 
 The finished task stays in the store, servable by the upload server of this
-host; the daemon expires it. While this peer downloads or seeds, a
-heartbeat goes to each supernode it registered with every
-``heartbeat_interval`` seconds (a sleeping task: an idle Downloader that
-never registered runs nothing at all). A supernode that answers the
-heartbeat with 404 has lost this peer (it restarted): the complete tasks it
-scheduled are announced to it again (``announce_cached`` does the same for a
-store this process did not download, after a restart of the daemon).
+host; the daemon expires it. Which supernode schedules each task for this
+peer, the heartbeat, leaving, and offering the store's complete tasks again
+after a restart (``announce_cached``) are engine.download.membership's.
 
 Each caller gets its own open TaskFile of the complete task and must close
 it. One event loop owns a Downloader; it is not thread-safe.
@@ -36,17 +32,18 @@ from engine.control import Chain
 from engine.download.context import Context, Job, ProgressCallback
 from engine.download.fetch import ConnectionPool
 from engine.download.local import finish_verified, open_complete
+from engine.download.membership import Memberships
 from engine.download.origin import download_from_origin
 from engine.download.output import OutputFile
 from engine.download.p2p import download_p2p
 from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.rpc import RpcClient
 from engine.download.sinks import BouncePool, default_disk_threads
-from engine.download.supernodes import Refused, Unreachable, announce, heartbeat, leave
+from engine.download.supernodes import Unreachable
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
-from engine.messages import Announce, PeerInfo
-from engine.meta import TaskMeta, redact_url
+from engine.messages import PeerInfo
+from engine.meta import redact_url
 from engine.store import PieceStore, TaskFile
 from engine.types import TaskId
 from engine.upload import Pacer
@@ -98,8 +95,10 @@ class Downloader:
         else:
             self._hasher = self._export = self._disk
         self._jobs: dict[TaskId, Job] = {}
-        self._nodes: dict[TaskId, str] = {}  # supernode each task registered with
-        self._heartbeat: asyncio.Task | None = None
+        self._members = Memberships(store, self.supernodes, peer, self._rpc,
+                                    rpc_timeout=rpc_timeout,
+                                    heartbeat_interval=heartbeat_interval,
+                                    busy=lambda: bool(self._jobs))
         self._closed = False
         self._threads_closed = False
 
@@ -112,7 +111,7 @@ class Downloader:
     @property
     def heartbeating(self) -> bool:
         """True while a heartbeat task runs (this peer downloads or seeds something)."""
-        return self._heartbeat is not None
+        return self._members.heartbeating
 
     async def download(self, request: DownloadRequest,
                        on_progress: ProgressCallback | None = None, *,
@@ -192,62 +191,9 @@ class Downloader:
                     job.reservation = None
 
     async def announce_cached(self) -> int:
-        """Offer the complete tasks already in the store to the supernodes; how many took.
-
-        After a restart nobody knows this host holds them: a task complete
-        in the store is answered locally without a word to any supernode,
-        so without this the host would never seed it again. Each task goes
-        to the supernodes in turn until one that has that version whole
-        accepts it (the store's task id is the supernode's version id, so a
-        supernode that never saw it answers 404); from then on it is served,
-        heartbeated and left like a task this process downloaded. A task no
-        supernode takes stays local. Best effort: errors are logged.
-        """
-        try:
-            metas = await asyncio.to_thread(self.store.complete_tasks)
-        except OSError as exc:
-            log.warning("cannot list the store to announce it: %s", exc)
-            return 0
-        taken = 0
-        for meta in metas:
-            if meta.task_id not in self._nodes:
-                taken += await self._offer(meta, self.supernodes)
-        if metas:
-            log.info("announced %d of %d cached task(s)", taken, len(metas))
-        return taken
-
-    async def _offer(self, meta: TaskMeta, nodes: list[str]) -> bool:
-        """Announce the complete task ``meta`` to ``nodes`` in turn; True once one took it."""
-        msg = Announce(self.peer, meta.task_id, meta.sha256)
-        for node in nodes:
-            try:
-                await announce(self._rpc, node, msg, self.rpc_timeout)
-            except Refused as exc:
-                log.debug("announce %s to %s: %s", meta.task_id, node, exc)
-                continue
-            except SupernodeError as exc:
-                log.info("announce %s to %s: %s", meta.task_id, node, exc)
-                continue
-            self._registered(meta.task_id, node)
-            return True
-        return False
-
-    async def _offer_again(self, node: str) -> None:
-        """``node`` no longer knows this peer (it restarted): announce again the
-        complete tasks it scheduled for us; the ones it refuses stop being its.
-        A download still running registers again by itself."""
-        theirs = {t for t, n in self._nodes.items() if n == node}
-        for meta in await asyncio.to_thread(self.store.complete_tasks):
-            if meta.task_id in theirs:
-                del self._nodes[meta.task_id]
-                if not await self._offer(meta, [node]):
-                    log.info("supernode %s no longer takes task %s", node, meta.task_id)
-
-    def _registered(self, store_id: TaskId, node: str) -> None:
-        """``node`` schedules ``store_id`` for this peer: heartbeat it, leave it at the end."""
-        self._nodes[store_id] = node
-        if self._heartbeat is None and not self._closed:
-            self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
+        """Offer the complete tasks in the store to the supernodes, so that this
+        host seeds them again after a restart; how many were taken."""
+        return await self._members.announce_cached()
 
     async def leave(self, task_id: TaskId | None = None) -> None:
         """Tell the supernode this peer no longer serves ``task_id`` (None: any task).
@@ -257,18 +203,7 @@ class Downloader:
         The daemon calls this when it expires a task; best effort. When
         nothing is left to serve, the heartbeat stops.
         """
-        tasks = [task_id] if task_id is not None else list(self._nodes)
-        nodes = {self._nodes.pop(t) for t in tasks if t in self._nodes}
-        for node in nodes:
-            try:
-                await leave(self._rpc, node, self.peer.peer_id, task_id,
-                            self.rpc_timeout)
-            except SupernodeError as exc:
-                log.info("leave: %s", exc)
-        if not self._nodes and not self._jobs and self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await self._members.leave(task_id)
 
     async def aclose(self) -> None:
         """Cancel running downloads, leave every task, release everything."""
@@ -279,16 +214,7 @@ class Downloader:
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
-        if self._nodes:
-            try:
-                async with asyncio.timeout(self.rpc_timeout):
-                    await self.leave(None)
-            except TimeoutError:
-                log.info("leaving the supernodes timed out")
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-            self._heartbeat = None
+        await self._members.close()
         self._pool.close()
         self._rpc.close()
         if self._own_session and self._session is not None:
@@ -316,7 +242,7 @@ class Downloader:
     def _context(self, job: Job) -> Context:
         def registered(store_id: TaskId, node: str | None) -> None:
             if node is not None:
-                self._registered(store_id, node)
+                self._members.registered(store_id, node)
 
         pacer = self.pacer if job.pacer is None else Chain(job.pacer, self.pacer)
         return Context(self.store, self.supernodes, self.peer, self._get_session(), self._rpc,
@@ -367,7 +293,7 @@ class Downloader:
             self.stats.failed += 1
             job.set_state("failed")
             corrupt = isinstance(exc, IntegrityError)
-            if corrupt and job.task is not None and job.task.task_id in self._nodes:
+            if corrupt and job.task is not None and self._members.holds(job.task.task_id):
                 await self.leave(job.task.task_id)  # we will not serve it after all
             raise
         finally:
@@ -387,19 +313,6 @@ class Downloader:
             del self._jobs[job.request.task_id]
         if not runner.cancelled():
             runner.exception()  # read: its waiters got it, or nobody is left to
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            for node in set(self._nodes.values()):
-                try:
-                    await heartbeat(self._rpc, node, self.peer, self.rpc_timeout)
-                except Refused as exc:
-                    log.info("heartbeat: %s", exc)
-                    if exc.status == 404:
-                        await self._offer_again(node)
-                except SupernodeError as exc:
-                    log.info("heartbeat: %s", exc)
 
 
 async def _save_partial(ctx: Context, task: TaskFile) -> None:
