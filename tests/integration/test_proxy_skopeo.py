@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.realregistry import (
-    ensure_tools, make_image, pull_via_mirror, push, run_registry)
+from tests.integration.ociimage import make_image
+from tests.integration.realregistry import ensure_tools, pull_via_mirror, push, run_registry
 from tests.integration.swarm import Daemon, Services, short_tempdir
 
 pytestmark = pytest.mark.integration
