@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from engine.errors import ConfigError
-from tests.helpers import REPO
+from tests.helpers import REPO, dead_port
 from tests.integration.fakeregistry import MANIFEST_TYPE, FakeRegistry
 from tests.integration.swarm import Daemon, Services, short_tempdir
 
@@ -200,3 +200,31 @@ def test_a_proxy_port_in_use_is_a_configuration_error(tmp_path):
             shutil.rmtree(data, ignore_errors=True)
     assert r.returncode == ConfigError.exit_code, r.stderr
     assert f"proxy cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_when_the_swarm_cannot_deliver_the_registry_still_does(tmp_path):
+    """No supernode and no back-to-source for the daemon: the proxy passes the
+    blob request through, and the client gets the blob from the registry."""
+    blobs = [b'{"os":"linux"}', os.urandom(MIB + 3)]
+    root = short_tempdir("dfr-")
+    try:
+        with FakeRegistry(REPO_NAME, blobs) as registry, dead_port() as supernode:
+            daemon = Daemon(os.path.join(root, "h"), [supernode], "--workers", "1",
+                            "--no-back-source", "--proxy", "127.0.0.1:0",
+                            "--registry", registry.url)
+            try:
+                mirror = mirror_url(daemon)
+                digest, data = list(registry.blobs.items())[1]
+                status, headers, _ = call(f"{mirror}/v2/{REPO_NAME}/blobs/{digest}",
+                                          login(mirror))
+                # The registry's own answer, as it sent it: a redirect to its storage.
+                assert status == 307, status
+                status, _, body = call(headers["Location"])
+                assert status == 200 and body == data
+                stats = daemon.stats()["proxy"]
+                assert stats["fallbacks"] == 1 and stats["blobs"] == 0, stats
+                assert not os.listdir(os.path.join(daemon.data_dir, "proxy"))
+            finally:
+                daemon.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
