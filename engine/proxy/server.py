@@ -159,13 +159,13 @@ class Proxy:
             resp = web.StreamResponse(status=up.status, reason=up.reason,
                                       headers=CIMultiDict(client_response_headers(
                                           up.headers.items())))
-            if request.method == "HEAD" or up.status in (204, 304) or up.status < 200:
-                await resp.prepare(request)
-                return resp
             await resp.prepare(request)
+            if request.method == "HEAD" or up.status in (204, 304) or up.status < 200:
+                return resp
             try:
                 async for chunk in up.content.iter_chunked(CHUNK):
                     await resp.write(chunk)
+                await resp.write_eof()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 # The head is out: all a proxy can do now is end the connection,
                 # so that the client sees a short body, not a whole one.
@@ -175,8 +175,6 @@ class Proxy:
                 resp.force_close()
                 if request.transport is not None:
                     request.transport.close()
-                return resp
-            await resp.write_eof()
             return resp
 
     async def _blob(self, request: web.Request, r: Route) -> web.StreamResponse:

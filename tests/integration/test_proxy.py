@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -132,6 +133,7 @@ def test_headers_pass_through_and_manifests_need_their_accept_header(world):
     assert registry.seen_headers[-1]["X-Trace"] == "t-42"
     status, headers, body = call(url, {**auth, "Accept": MANIFEST_TYPE}, method="HEAD")
     assert status == 200 and body == b""
+    assert headers["Content-Length"] == str(len(registry.manifest))  # what resolvers read
     assert headers["Docker-Content-Digest"] == registry.manifest_digest
 
 
@@ -228,3 +230,24 @@ def test_when_the_swarm_cannot_deliver_the_registry_still_does(tmp_path):
                 daemon.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_client_that_leaves_mid_blob_leaves_no_link_and_no_harm(world):
+    registry, (a, _) = world
+    mirror = mirror_url(a)
+    auth = login(mirror)
+    digest, data = list(registry.blobs.items())[1]
+    assert call(f"{mirror}/v2/{REPO_NAME}/blobs/{digest}", auth)[0] == 200  # cached now
+    host, port = a.ready["proxy"].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET /v2/{REPO_NAME}/blobs/{digest} HTTP/1.1\r\nHost: m\r\n"
+                  f"Authorization: {auth['Authorization']}\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    spool = os.path.join(a.data_dir, "proxy")
+    deadline = time.monotonic() + 10
+    while os.listdir(spool) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.listdir(spool)
+    status, _, body = call(f"{mirror}/v2/{REPO_NAME}/blobs/{digest}", auth)
+    assert status == 200 and body == data
