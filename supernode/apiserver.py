@@ -139,7 +139,7 @@ class ApiServer:
                 due = None
             if parser.begun and due is None:
                 due = loop.time() + self.request_timeout
-            if parser.continue_due:         # after the answers to earlier requests
+            if parser.continue_due and not writer.is_closing():  # after earlier answers
                 parser.continue_due = False
                 writer.write(_CONTINUE)
 
@@ -163,6 +163,11 @@ class ApiServer:
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, kind: str, body: bytes, *,
                     keep_alive: bool, head_only: bool = False) -> None:
+        if writer.is_closing():
+            # Closed by __aexit__, or lost while an earlier answer drained (that
+            # error is not raised there): uvloop refuses writes to a closed
+            # transport with a RuntimeError, so end the connection here.
+            raise ConnectionResetError("the connection is closing")
         head = http1.response_head(status, len(body), {"Content-Type": kind}, keep_alive)
         writer.write(head if head_only else head + body)
         with contextlib.suppress(ConnectionError):
