@@ -82,7 +82,9 @@ def mirror_url(daemon: Daemon) -> str:
 
 def test_an_image_pulled_through_two_mirrors_leaves_the_registry_once(world):
     registry, (a, b) = world
+    heads, tokens = dict(registry.heads), registry.token_calls  # other tests may run first
     for daemon in (a, b):
+        before = daemon.stats()["proxy"]
         mirror = mirror_url(daemon)
         auth = login(mirror)
         status, headers, body = call(f"{mirror}/v2/{REPO_NAME}/manifests/1",
@@ -96,13 +98,15 @@ def test_an_image_pulled_through_two_mirrors_leaves_the_registry_once(world):
             assert headers["Docker-Content-Digest"] == digest
             assert int(headers["Content-Length"]) == len(data)
         stats = daemon.stats()["proxy"]
-        assert stats["blobs"] == len(registry.blobs) and stats["fallbacks"] == 0
+        assert stats["blobs"] - before["blobs"] == len(registry.blobs)
+        assert stats["fallbacks"] == before["fallbacks"] == 0
     # The bytes of each blob left the registry once, for the whole swarm;
     # each mirror asked once per blob whether its client may have it.
     assert all(registry.gets[d] == 1 and registry.storage_gets[d] == 1
                for d in registry.blobs), (registry.gets, registry.storage_gets)
-    assert all(registry.heads[d] == 2 for d in registry.blobs), registry.heads
-    assert registry.token_calls == 2  # the clients' own logins; the mirrors asked for none
+    assert all(registry.heads[d] - heads.get(d, 0) == 2 for d in registry.blobs), registry.heads
+    # The clients' own two logins; the mirrors asked the auth service for nothing.
+    assert registry.token_calls - tokens == 2
 
 
 def test_a_cached_blob_goes_to_no_client_the_registry_refuses(world):
