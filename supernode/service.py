@@ -4,7 +4,7 @@ This is the glue between three parts that know nothing of each other: the
 HTTP API (supernode.api) hands it validated messages; it maps identities to
 versions (supernode.versions), feeds the sans-IO scheduler core events, and
 starts CDN fetches, whose progress comes back through the ``CdnListener``
-methods below and becomes scheduler events in turn.
+methods (supernode.cdnevents, mixed in) and becomes scheduler events in turn.
 
 Not thread-safe: everything runs on one event loop, and no method awaits
 while it holds a half-made change, so each call applies atomically with
@@ -25,23 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from random import Random
 
-from engine.errors import BadInput, DamselflyError, RemoteError, StoreError
+from engine.errors import BadInput
 from engine.identity import TaskIdentity
 from engine.messages import (
     Announce, Assignment, Heartbeat, Leave, RegisterRequest, ScheduleRequest, ScheduleResponse,
     TaskView)
-from engine.meta import TaskMeta, redact_url
-from engine.pieces import PieceLayout
+from engine.meta import redact_url
 from engine.store import PieceStore
 from engine.types import PeerId, TaskId
 from supernode.cdn import Cdn, FetchRequest, RetryPolicy
+from supernode.cdnevents import CdnEvents
 from supernode.config import SupernodeConfig
 from supernode.ledger import GrantLedger
 from supernode.origin import OriginClient, Validators
@@ -49,7 +47,7 @@ from supernode.reports import check_results
 from supernode.restore import restore
 from supernode.scheduler import DONE, Decision, Scheduler, UnknownPeer, UnknownTask
 from supernode.versions import (
-    COMPLETE, CREDENTIAL_STATUSES, FAILED, JOIN, REVALIDATE, START, Entry, Version,
+    COMPLETE, FAILED, JOIN, REVALIDATE, START, Entry, Version,
     fingerprint, new_version_id, over_quota, plan)
 
 log = logging.getLogger(__name__)
@@ -61,7 +59,7 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class SupernodeService:
+class SupernodeService(CdnEvents):
     """See the module docstring. Use as an async context manager."""
 
     def __init__(self, config: SupernodeConfig, store: PieceStore, origin: OriginClient, *,
@@ -316,96 +314,6 @@ class SupernodeService:
         entry = self.entries.get(v.identity)
         return self._has_peers(v.id) or (entry is not None and entry.candidate is not None)
 
-    # --- CdnListener -------------------------------------------------------------
-
-    def on_head(self, version: TaskId, modified: bool) -> None:
-        v = self.versions.get(version)
-        if v is None:
-            return
-        entry = self.entries[v.identity]
-        if entry.candidate is v:
-            entry.candidate = None
-            if modified:
-                old, entry.current = entry.current, v
-                self._retire(old)
-            else:
-                self.versions.pop(v.id, None)
-                self._mark_fresh(entry.current)
-        _resolve(v.head)
-
-    def on_layout(self, version: TaskId, layout: PieceLayout) -> None:
-        v = self.versions[version]
-        v.learn_layout(layout)
-        self.scheduler.task_known(v.id, layout.count)
-
-    def on_piece(self, version: TaskId, index: int, sha256: str) -> None:
-        v = self.versions[version]
-        v.digests[index] = sha256
-        self.scheduler.piece_available(v.id, index)
-
-    def on_complete(self, version: TaskId, meta: TaskMeta) -> None:
-        v = self.versions[version]
-        v.state, v.sha256 = COMPLETE, meta.sha256
-        v.validators = Validators(meta.etag, meta.last_modified)
-        v.fresh_until = math.inf if v.pinned else self.clock() + self.config.revalidate_after
-        self.counters["fetches_complete"] += 1
-
-    def on_failed(self, version: TaskId, error: DamselflyError) -> None:
-        v = self.versions.get(version)
-        if v is None:
-            return
-        status = getattr(error, "status", None)
-        message = str(error)
-        if v.url not in message:
-            message = f"{message} (fetching {v.url})"
-        v.state, v.error, v.error_status = FAILED, message, status
-        v.error_kind = type(error).__name__
-        v.failed_at = self.clock()
-        v.permanent = isinstance(error, RemoteError)
-        v.fingerprint = v.request_fp if status in CREDENTIAL_STATUSES else None
-        self.counters["fetches_failed"] += 1
-        entry = self.entries[v.identity]
-        if entry.candidate is v:
-            entry.candidate = None
-            if status is None or status in CREDENTIAL_STATUSES:
-                # Unreachable origin, or this peer's credentials: the cache
-                # stays current; try the origin again after negative_ttl.
-                entry.current.fresh_until = v.failed_at + self.config.negative_ttl
-            else:
-                old, entry.current = entry.current, v  # the origin now refuses the file
-                self._retire(old)
-        members: list[tuple[PeerId, str]] = []
-        if self._scheduler_state(v.id) == COMPLETE:
-            # Every piece had landed but the whole file failed (an expected
-            # digest). The core has no complete -> failed edge, so the swarm
-            # is rebuilt as failed with the same peers, who are then told.
-            members = [(p, self.scheduler.addr(p)) for p in self.scheduler.peers(v.id)]
-            self.scheduler.forget_task(v.id)
-            self._ledger.forget_task(v.id)
-        self.scheduler.task_failed(v.id, v.error, permanent=v.permanent)
-        for peer, addr in members:
-            self.scheduler.register(v.id, peer, addr=addr)
-        try:
-            self._remove_data(v.id)
-        except StoreError as exc:
-            log.warning("could not remove failed task %s: %s", v.id, exc)
-        _resolve(v.head)
-
-    def _mark_fresh(self, v: Version) -> None:
-        v.fresh_until = self.clock() + self.config.revalidate_after
-        try:
-            task = self.store.open(v.id)
-        except StoreError as exc:
-            log.warning("cannot record revalidation of %s: %s", v.id, exc)
-            return
-        try:
-            task.meta = replace(task.meta, extra={**task.meta.extra, "validated_at": self.wall()})
-            task.save_meta()
-        except DamselflyError as exc:
-            log.warning("cannot record revalidation of %s: %s", v.id, exc)
-        finally:
-            task.close()
-
     def metrics(self) -> dict[str, int]:
         states = Counter(v.state for v in self.versions.values())
         out = {f"versions_{s}": states.get(s, 0) for s in ("pending", "running", "complete",
@@ -416,7 +324,3 @@ class SupernodeService:
         out.update({f"scheduler_{k}": n for k, n in self.scheduler.stats().items()})
         return out
 
-
-def _resolve(future: asyncio.Future | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
