@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,9 +46,14 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def short_tempdir(prefix: str) -> str:
-    """A temp dir short enough for unix socket paths (108 bytes)."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+@contextlib.contextmanager
+def scratch_dir(prefix: str):
+    """A temp dir short enough for unix socket paths (108 bytes), removed on exit."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Services:

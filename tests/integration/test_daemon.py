@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ import pytest
 from engine.errors import ConfigError, IntegrityError, SupernodeError
 from tests.helpers import dead_port
 from tests.integration.swarm import (READY_TIMEOUT, REPO, Daemon, Services, dfget,
-                                     dfget_cmd, sha256_file, short_tempdir, wait_pid_gone)
+                                     dfget_cmd, scratch_dir, sha256_file, wait_pid_gone)
 
 pytestmark = pytest.mark.integration
 PIECE = 1 << 20
@@ -25,11 +24,8 @@ PIECE = 1 << 20
 
 @pytest.fixture
 def root():
-    path = short_tempdir("dfd-")
-    try:
+    with scratch_dir("dfd-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

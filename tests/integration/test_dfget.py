@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 import urllib.request
 
@@ -19,8 +18,8 @@ import pytest
 from engine.cli.daemonclient import connect, converse
 from engine.errors import BadInput, ClosedByUs, DaemonUnavailable, IntegrityError, OriginError
 from engine.localapi import DownloadCommand
-from tests.integration.swarm import (Daemon, Services, dfget, dfget_many, sha256_file,
-                                     short_tempdir)
+from tests.integration.swarm import (Daemon, Services, dfget, dfget_many, scratch_dir,
+                                     sha256_file)
 
 pytestmark = pytest.mark.integration
 PIECE = 1 << 20
@@ -29,25 +28,24 @@ HOSTS = 4
 
 @pytest.fixture(scope="module")
 def swarm():
-    root = short_tempdir("dfswarm-")
     daemons: list[Daemon] = []
-    try:
-        # On loopback the CDN is as fast as a peer; a few CDN upload slots make
-        # it the scarce source it is in a real network, so the scheduler has to
-        # use the peers (what the large-file test checks).
-        with Services(root, cdn_upload_slots=4) as services:
-            for i in range(HOSTS):
-                # One host with two workers: its upload port is shared (SO_REUSEPORT).
-                workers = "2" if i == 0 else "1"
-                daemons.append(Daemon(os.path.join(root, f"host{i}"),
-                                      [services.supernode_url], "--workers", workers))
-            yield services, daemons, root
+    with scratch_dir("dfswarm-") as root:
+        try:
+            # On loopback the CDN is as fast as a peer; a few CDN upload slots make
+            # it the scarce source it is in a real network, so the scheduler has to
+            # use the peers (what the large-file test checks).
+            with Services(root, cdn_upload_slots=4) as services:
+                for i in range(HOSTS):
+                    # One host with two workers: its upload port is shared (SO_REUSEPORT).
+                    workers = "2" if i == 0 else "1"
+                    daemons.append(Daemon(os.path.join(root, f"host{i}"),
+                                          [services.supernode_url], "--workers", workers))
+                yield services, daemons, root
+                for d in daemons:
+                    assert d.terminate() == 0, d.log()
+        finally:
             for d in daemons:
-                assert d.terminate() == 0, d.log()
-    finally:
-        for d in daemons:
-            d.close()
-        shutil.rmtree(root, ignore_errors=True)
+                d.close()
 
 
 def _fetch_everywhere(swarm, name: str, data: bytes, *args: str):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from engine.errors import ConfigError
 from tests.helpers import REPO, dead_port
 from tests.integration.fakeregistry import MANIFEST_TYPE, FakeRegistry
-from tests.integration.swarm import Daemon, Services, short_tempdir
+from tests.integration.swarm import Daemon, Services, scratch_dir
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
@@ -32,21 +31,20 @@ REPO_NAME = "team/app"
 def world():
     """A supernode, a registry with a config blob and two layers, and two
     dfdaemons mirroring it."""
-    root = short_tempdir("dfp-")
     blobs = [b'{"architecture":"amd64","os":"linux"}', os.urandom(3 * MIB + 17),
              os.urandom(2 * MIB)]
     daemons: list[Daemon] = []
-    try:
-        with Services(root) as services, FakeRegistry(REPO_NAME, blobs) as registry:
-            for name in ("a", "b"):
-                daemons.append(Daemon(os.path.join(root, name), [services.supernode_url],
-                                      "--workers", "1", "--proxy", "127.0.0.1:0",
-                                      "--registry", registry.url))
-            yield registry, daemons
-    finally:
-        for d in daemons:
-            d.close()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch_dir("dfp-") as root:
+        try:
+            with Services(root) as services, FakeRegistry(REPO_NAME, blobs) as registry:
+                for name in ("a", "b"):
+                    daemons.append(Daemon(os.path.join(root, name), [services.supernode_url],
+                                          "--workers", "1", "--proxy", "127.0.0.1:0",
+                                          "--registry", registry.url))
+                yield registry, daemons
+        finally:
+            for d in daemons:
+                d.close()
 
 
 def call(url: str, headers: dict[str, str] | None = None, method: str = "GET",
@@ -190,50 +188,40 @@ def test_connect_and_unroutable_requests_get_clear_errors(world):
     assert status == 400 and b"bad registry name" in body
 
 
-def test_a_proxy_port_in_use_is_a_configuration_error(tmp_path):
-    with socket.socket() as busy:
+def test_a_proxy_port_in_use_is_a_configuration_error():
+    with socket.socket() as busy, scratch_dir("dfq-") as data:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        data = short_tempdir("dfq-")
-        try:
-            r = subprocess.run(
-                [sys.executable, "-m", "engine.cli.dfdaemon", "--data-dir", data,
-                 "--listen-ip", "127.0.0.1", "--workers", "1",
-                 "--proxy", f"127.0.0.1:{port}"],
-                cwd=REPO, capture_output=True, text=True, timeout=60)
-        finally:
-            shutil.rmtree(data, ignore_errors=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "engine.cli.dfdaemon", "--data-dir", data,
+             "--listen-ip", "127.0.0.1", "--workers", "1", "--proxy", f"127.0.0.1:{port}"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == ConfigError.exit_code, r.stderr
     assert f"proxy cannot listen on 127.0.0.1:{port}" in r.stderr
 
 
-def test_when_the_swarm_cannot_deliver_the_registry_still_does(tmp_path):
+def test_when_the_swarm_cannot_deliver_the_registry_still_does():
     """No supernode and no back-to-source for the daemon: the proxy passes the
     blob request through, and the client gets the blob from the registry."""
     blobs = [b'{"os":"linux"}', os.urandom(MIB + 3)]
-    root = short_tempdir("dfr-")
-    try:
-        with FakeRegistry(REPO_NAME, blobs) as registry, dead_port() as supernode:
-            daemon = Daemon(os.path.join(root, "h"), [supernode], "--workers", "1",
-                            "--no-back-source", "--proxy", "127.0.0.1:0",
-                            "--registry", registry.url)
-            try:
-                mirror = mirror_url(daemon)
-                digest, data = list(registry.blobs.items())[1]
-                status, headers, _ = call(f"{mirror}/v2/{REPO_NAME}/blobs/{digest}",
-                                          login(mirror))
-                # The registry's own answer, as it sent it: a redirect to its storage.
-                assert status == 307, status
-                status, _, body = call(headers["Location"])
-                assert status == 200 and body == data
-                stats = daemon.stats()["proxy"]
-                assert stats["fallbacks"] == 1 and stats["blobs"] == 0, stats
-                assert not os.listdir(os.path.join(daemon.data_dir, "proxy"))
-            finally:
-                daemon.close()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with (scratch_dir("dfr-") as root, FakeRegistry(REPO_NAME, blobs) as registry,
+          dead_port() as supernode):
+        daemon = Daemon(os.path.join(root, "h"), [supernode], "--workers", "1",
+                        "--no-back-source", "--proxy", "127.0.0.1:0", "--registry", registry.url)
+        try:
+            mirror = mirror_url(daemon)
+            digest, data = list(registry.blobs.items())[1]
+            status, headers, _ = call(f"{mirror}/v2/{REPO_NAME}/blobs/{digest}", login(mirror))
+            # The registry's own answer, as it sent it: a redirect to its storage.
+            assert status == 307, status
+            status, _, body = call(headers["Location"])
+            assert status == 200 and body == data
+            stats = daemon.stats()["proxy"]
+            assert stats["fallbacks"] == 1 and stats["blobs"] == 0, stats
+            assert not os.listdir(os.path.join(daemon.data_dir, "proxy"))
+        finally:
+            daemon.close()
 
 
 def test_a_client_that_leaves_mid_blob_leaves_no_link_and_no_harm(world):

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.integration.ociimage import make_image
 from tests.integration.realregistry import ensure_tools, pull_via_mirror, push, run_registry
-from tests.integration.swarm import Daemon, Services, short_tempdir
+from tests.integration.swarm import Daemon, Services, scratch_dir
 
 pytestmark = pytest.mark.integration
 MIB = 1 << 20
@@ -22,11 +21,8 @@ MIB = 1 << 20
 
 @pytest.fixture
 def root():
-    path = short_tempdir("dfk-")
-    try:
+    with scratch_dir("dfk-") as path:
         yield Path(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_skopeo_pulls_an_image_through_two_mirrors_and_each_layer_leaves_the_registry_once(root):
