@@ -12,6 +12,8 @@ declare -A tools=(
   [nginx]=nginx [aria2c]=aria2 [opentracker]=opentracker
   # the registry mirror's end-to-end test: a real registry and a real client
   [docker-registry]=docker-registry [skopeo]=skopeo
+  # the proxy's CONNECT test: an https client and a certificate for its server
+  [openssl]=openssl
 )
 missing=()
 for cmd in "${!tools[@]}"; do

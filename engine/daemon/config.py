@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from engine.config import ConfigSpec, non_negative, option, port_check
 from engine.errors import BadInput, ConfigError
+from engine.proxy.rules import tunnel_ports
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b?)?\s*\Z", re.I)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*\Z", re.I)
@@ -130,6 +131,9 @@ class DaemonConfig(HostOptions):
                                "https://registry-1.docker.io (needs --proxy)",
                            check=lambda v: None if not v or v.startswith(("http://", "https://"))
                            else "must be an http(s) URL", metavar="URL")
+    tunnel_ports: str = option("443", "ports the proxy's CONNECT tunnels (HTTPS_PROXY) may "
+                                      "reach, comma separated (empty: no tunnels)",
+                               check=_checker(tunnel_ports), metavar="PORTS")
     peer_id: str = option("", "peer id (default: kept in <data-dir>/peer-id)")
     location: str = option("", "location label; the scheduler prefers nearby peers")
     ready_file: str | None = option(None, "write {pid, upload_port, socket} here once ready")

@@ -30,6 +30,7 @@ import orjson
 
 from engine.control import ControlBlock
 from engine.daemon.config import DaemonConfig, proxy_address
+from engine.proxy.rules import tunnel_ports
 from engine.daemon.gc import ExpiryTable
 from engine.daemon.hostinfo import advertise_ip, data_dir_lock, load_peer_id, reserve_port
 from engine.daemon.idle import IdleExit
@@ -149,6 +150,7 @@ class Coordinator:
         host, port = proxy_address(self.config.proxy)
         self.proxy = Proxy(host=host, port=port, socket_path=self.config.socket_path,
                            data_dir=self.data, registry=self.config.registry,
+                           tunnel_ports=tunnel_ports(self.config.tunnel_ports),
                            on_busy=self.idle.cancel, on_idle=self.idle.arm)
         await self.proxy.start()
         stack.push_async_callback(self.proxy.close)

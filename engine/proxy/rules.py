@@ -8,7 +8,10 @@ Requests reach the proxy (engine.proxy.server) in one of two forms:
   in the ``ns`` query parameter, to that registry over https
   (``docker.io`` means ``registry-1.docker.io``);
 - **proxy** (``HTTP_PROXY``): an absolute-form target, ``http://host/...``,
-  which goes where it says.
+  which goes where it says;
+- **tunnel** (``HTTPS_PROXY``): ``CONNECT host:port``, to a port the daemon
+  allows (``connect_target``, ``tunnel_ports``); TLS end to end after that,
+  so the bytes are carried as they are (engine.proxy.tunnel).
 
 ``route`` decides where to: a GET of a registry blob (``/v2/<name>/blobs/
 sha256:<hex>``, content-addressed, so the digest is the integrity check) goes
@@ -40,6 +43,10 @@ HOP_BY_HOP = frozenset((
 REGISTRY_ALIASES = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 _BLOB = re.compile(r"/v2/(?:[^/]+/)+blobs/(sha256:[0-9a-f]{64})\Z")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?\Z")
+_AUTHORITY = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})\Z")
+REASONS = {200: "Connection established", 400: "Bad Request", 403: "Forbidden",
+           431: "Request Header Fields Too Large", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,46 @@ def route(method: str, target: str, registry: str = "") -> Route:
         if m:
             return Route(upstream, Digest.parse(m.group(1)))
     return Route(upstream)
+
+
+def connect_target(head: bytes) -> tuple[str, int]:
+    """The (host, port) a CONNECT request head (up to its blank line) asks
+    for; BadInput unless the request line is ``CONNECT host:port HTTP/1.x``
+    (RFC 9110 9.3.6: authority-form, an IPv6 host in brackets)."""
+    line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"CONNECT" or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise BadInput(f"not a CONNECT request line: {line[:80]!r}")
+    m = _AUTHORITY.match(parts[1].decode("ascii", "replace"))
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise BadInput(f"CONNECT needs host:port, got {parts[1][:80]!r}")
+    return m.group(1) or m.group(2), int(m.group(3))
+
+
+def tunnel_ports(text: str) -> frozenset[int]:
+    """``"443,5000"`` -> {443, 5000}; an empty text allows no tunnel. BadInput
+    for anything else."""
+    ports = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 0 < int(item) < 65536:
+            raise BadInput(f"not a port: {item[:20]!r} (use e.g. 443,5000)")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
+def plain_response(status: int, text: str = "") -> bytes:
+    """A whole HTTP/1.1 answer written by hand: the tunnel's 200 (no body,
+    no framing: the tunnel's bytes follow), or an error that ends the
+    connection."""
+    head = f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+    if status == 200:
+        return (head + "\r\n").encode("ascii")
+    body = (text + "\n").encode()
+    return (head + f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}"
+            "\r\nConnection: close\r\n\r\n").encode("ascii") + body
 
 
 def _mirror_base(query: str, registry: str) -> tuple[str, str]:

@@ -26,8 +26,11 @@ If the daemon cannot deliver the blob (say, the supernode is down and the
 registry refuses the daemon's own back-to-source), the request is passed
 through: the client still gets its blob, from the registry.
 
-Not served: CONNECT (an https tunnel hides the blobs; use the mirror form
-for https registries). It is answered 405 with that advice.
+CONNECT (``HTTPS_PROXY``) opens a tunnel to an allowed port and carries the
+bytes as they are (engine.proxy.tunnel): TLS hides the blobs, so they do
+not come from the swarm; the mirror form serves https registries' blobs.
+Connections are accepted by ``tunnel.FrontDoor``, which hands every other
+one to aiohttp.
 
 Counters (``counters``) go into the daemon's stats as ``proxy``.
 One event loop owns everything here; nothing is thread-safe.
@@ -51,6 +54,7 @@ from engine.localapi import Channel, DownloadCommand, error_from_event
 from engine.meta import redact_url
 from engine.proxy.rules import (
     Route, client_response_headers, route, swarm_headers, upstream_request_headers)
+from engine.proxy.tunnel import FrontDoor, Tunnels
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
@@ -63,7 +67,8 @@ class Proxy:
     """Serve the mirror / proxy on ``host:port`` until ``close``."""
 
     def __init__(self, *, host: str, port: int, socket_path: str, data_dir: str,
-                 registry: str = "", on_busy: Callable[[], None] = lambda: None,
+                 registry: str = "", tunnel_ports: frozenset[int] = frozenset({443}),
+                 on_busy: Callable[[], None] = lambda: None,
                  on_idle: Callable[[], None] = lambda: None) -> None:
         self.host, self.port = host, port
         self.socket_path = socket_path
@@ -72,8 +77,11 @@ class Proxy:
         self._on_busy, self._on_idle = on_busy, on_idle
         self.active = 0
         self.counters = {"requests": 0, "passed": 0, "blobs": 0, "blob_bytes": 0,
-                         "refused_by_upstream": 0, "fallbacks": 0, "errors": 0}
+                         "refused_by_upstream": 0, "fallbacks": 0, "errors": 0,
+                         "tunnels": 0, "tunnel_bytes": 0, "tunnels_refused": 0}
+        self.tunnels = Tunnels(tunnel_ports, self.counters, self._enter, self._leave)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -85,23 +93,29 @@ class Proxy:
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT,
                                           sock_read=READ_TIMEOUT))
-        # Every request, CONNECT and absolute URLs included, goes to _handle:
-        # the router has nothing to say here.
+        # Every request, absolute URLs included, goes to _handle: the router
+        # has nothing to say here.
         app = web.Application(client_max_size=0, middlewares=[self._entry])
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        http = self._runner.server
         try:
-            await site.start()
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: FrontDoor(http, self.tunnels), self.host, self.port,
+                reuse_address=True)
         except OSError as exc:
             await self.close()
             raise ConfigError(f"proxy cannot listen on {self.host}:{self.port}: "
                               f"{exc.strerror or exc}") from exc
-        self.port = self._runner.addresses[0][1]
+        self.port = self._server.sockets[0].getsockname()[1]
         log.info("registry mirror / proxy on %s:%d, upstream %s", self.host, self.port,
                  self.registry or "(proxy requests only)")
 
     async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self.tunnels.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -122,19 +136,30 @@ class Proxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.counters["requests"] += 1
-        self.active += 1
-        self._on_busy()
+        self._enter()
         try:
             return await self._serve(request)
         finally:
-            self.active -= 1
-            if not self.active:
-                self._on_idle()
+            self._leave()
+
+    def _enter(self) -> None:
+        """A request or tunnel starts: the daemon is busy."""
+        self.active += 1
+        self._on_busy()
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._on_idle()
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.method == "CONNECT":
-            return _text(405, "dfdaemon does not tunnel https (CONNECT): configure it as "
-                              "the registry mirror instead (--registry)")
+            # FrontDoor takes a CONNECT that opens its connection; this one
+            # came after other requests on a keep-alive connection.
+            # What follows it on the connection is not HTTP: end the connection.
+            resp = _text(405, "CONNECT must be the first request on its connection")
+            resp.force_close()
+            return resp
         try:
             r = route(request.method, request.raw_path, self.registry)
         except BadInput as exc:

@@ -18,7 +18,7 @@ from perf.lab.netns import LabError
 
 # command -> Debian package
 PACKAGES = {"ip": "iproute2", "tc": "iproute2", "nginx": "nginx", "aria2c": "aria2",
-            "opentracker": "opentracker", "curl": "curl"}
+            "opentracker": "opentracker", "curl": "curl", "openssl": "openssl"}
 SYSTEMS_TOOLS = {"nginx": ["nginx", "curl"], "aria2": ["aria2c", "opentracker", "nginx"],
                  "damselfly": ["nginx"]}
 

@@ -6,7 +6,8 @@ import pytest
 
 from engine.errors import BadInput
 from engine.proxy.rules import (
-    client_response_headers, route, swarm_headers, upstream_request_headers)
+    client_response_headers, connect_target, plain_response, route, swarm_headers,
+    tunnel_ports, upstream_request_headers)
 from engine.types import Digest
 
 HEX = "ab" * 32
@@ -86,3 +87,37 @@ def test_the_proxy_reports_its_address_as_clients_write_it():
     for host, want in (("127.0.0.1", "127.0.0.1:65001"), ("::1", "[::1]:65001")):
         assert Proxy(host=host, port=65001, socket_path="/nowhere",
                      data_dir="/nowhere").address == want
+
+
+def test_connect_heads_name_host_and_port_or_are_refused():
+    assert connect_target(b"CONNECT registry.example:443 HTTP/1.1\r\nHost: x\r\n\r\n") == (
+        "registry.example", 443)
+    assert connect_target(b"CONNECT 10.0.0.5:5000 HTTP/1.0\r\n\r\n") == ("10.0.0.5", 5000)
+    assert connect_target(b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n") == ("::1", 443)
+    for head in (b"CONNECT registry.example HTTP/1.1\r\n\r\n",      # no port
+                 b"CONNECT registry.example:0 HTTP/1.1\r\n\r\n",
+                 b"CONNECT registry.example:65536 HTTP/1.1\r\n\r\n",
+                 b"CONNECT http://registry.example:443/ HTTP/1.1\r\n\r\n",
+                 b"CONNECT a b:443 HTTP/1.1\r\n\r\n",
+                 b"CONNECT ::1:443 HTTP/1.1\r\n\r\n",                  # v6 needs brackets
+                 b"CONNECT registry.example:443 HTTP/2\r\n\r\n",
+                 b"GET registry.example:443 HTTP/1.1\r\n\r\n"):
+        with pytest.raises(BadInput):
+            connect_target(head)
+
+
+def test_tunnel_ports_parse_a_comma_list_and_nothing_else():
+    assert tunnel_ports("443") == {443}
+    assert tunnel_ports(" 443, 5000 ,") == {443, 5000}
+    assert tunnel_ports("") == frozenset()
+    for bad in ("https", "0", "70000", "443;22", "-1"):
+        with pytest.raises(BadInput):
+            tunnel_ports(bad)
+
+
+def test_hand_written_answers_are_framed():
+    assert plain_response(200) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    answer = plain_response(403, "no")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403 Forbidden\r\n") and b"Connection: close" in head
+    assert body == b"no\n" and f"Content-Length: {len(body)}".encode() in head
