@@ -168,13 +168,15 @@ def spread_caps(sw: Swarm, cfg: SchedulerConfig) -> tuple[int, int]:
     """The upload slots a peer source and the CDN may use in this swarm now
     (0: their own limit).
 
-    While a peer that asked holds nothing, in a swarm of more peers than the
-    CDN has slots, sources serve ``spread_slots`` (the CDN
-    ``cdn_spread_slots``) transfers at a time: see
-    ``SchedulerConfig.spread_slots``. A small swarm, or a lone downloader,
-    never sees the cap.
+    While peers that asked hold nothing (at least 1/``spread_tail`` as many
+    as the peer sources), in a swarm of more peers than the CDN has slots,
+    sources serve ``spread_slots`` (the CDN ``cdn_spread_slots``) transfers
+    at a time: see ``SchedulerConfig.spread_slots`` and ``spread_tail``. A
+    small swarm, or a lone downloader, never sees the cap.
     """
-    if sw.newcomers and len(sw.members) - 1 > cfg.cdn_upload_slots:
+    newcomers, tail = sw.newcomers, cfg.spread_tail
+    if (newcomers and len(sw.members) - 1 > cfg.cdn_upload_slots
+            and (not tail or newcomers * tail >= sw.sources)):
         return cfg.spread_slots, cfg.cdn_spread_slots
     return 0, 0
 

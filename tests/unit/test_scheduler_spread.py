@@ -132,6 +132,34 @@ def test_a_young_swarm_sends_first_pieces_one_at_a_time_per_source(clock):
     assert got == {A: 1, CDN: 2}
 
 
+def _tail_of_the_spread(clock, tail: int) -> list[PeerId]:
+    """100 peer sources, each holding one piece of 16, and three newcomers
+    that asked (CDN 2 slots): where a source's request for four pieces goes."""
+    s = make(clock, cdn_upload_slots=2, peer_upload_slots=4, overbook_below=0,
+             spread_tail=tail)
+    ready(s, T, 16)
+    holders = [PeerId(f"h{i}") for i in range(100)]
+    for i, p in enumerate(holders):
+        seed_peer(s, T, p, [i % 16])
+    for i in range(3):
+        s.register(T, PeerId(f"new{i}"))
+        assert sources(s.schedule(T, PeerId(f"new{i}"), want=4))
+    got = sources(s.schedule(T, holders[0], want=4))
+    check(s)
+    return got
+
+
+def test_the_cap_ends_once_the_newcomers_are_few_against_the_sources(clock):
+    # 3 newcomers x 32 < 100 sources: the cap is gone, and a peer that holds
+    # a piece gets its share ((100 x 4 + 2 - 3 x 3) // 100 = 3 attempts) while
+    # the last newcomers get their first.
+    got = _tail_of_the_spread(clock, 32)
+    assert len(got) == 3 and CDN not in got
+    # spread_tail 0: the cap and the newcomers' priority last to the end
+    # (a share of (100 + 2 - 3) // 100 = 0).
+    assert _tail_of_the_spread(clock, 0) == []
+
+
 def test_a_swarm_no_larger_than_the_cdns_slots_is_not_capped(clock):
     s, got = _young_swarm(clock, 3, cdn_slots=8)
     assert got[A] > 1 and sum(got.values()) > 3
