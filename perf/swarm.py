@@ -63,9 +63,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", type=_int_in(MIN_MTU, MAX_MTU), default=d.mtu,
                    help=f"MTU of every lab link (default {d.mtu}: jumbo frames, see "
                         "perf/README.md)")
-    p.add_argument("--disk", action="store_true",
-                   help="keep the hosts' files on disk instead of a tmpfs (the lab's "
-                        "hosts share this machine's one disk)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     p.add_argument("--supernode-host", choices=("origin", "own"), default="origin")
     p.add_argument("--workers", type=int, default=d.workers, help="dfdaemon workers per host")
@@ -110,7 +107,6 @@ def config_from(args) -> LabConfig:
     cfg.host_down_mbit = args.host_down_mbit or host or cfg.host_down_mbit
     cfg.origin_mbit, cfg.latency_ms = args.origin_mbit, args.latency_ms
     cfg.mtu = args.mtu
-    cfg.tmpfs = not args.disk
     cfg.systems, cfg.supernode_host = list(args.systems), args.supernode_host
     cfg.workers, cfg.timeout, cfg.seed = args.workers, args.timeout, args.seed
     cfg.repeat = args.repeat

@@ -25,14 +25,6 @@ that a real NIC does in hardware. The sweep runs at 9000, the jumbo frames
 of datacenter networks (EC2 inside a VPC: 9001), which carries the same
 bytes in fewer than half the packets (``perf.lab.run.LabConfig.mtu``).
 
-Files: with ``tmpfs_bytes`` the lab's directory (every host's files: the
-origin's copy, the daemons' stores, the downloaded outputs) is a tmpfs of at
-most that size. The lab's hosts share one disk, which the hosts of a fleet
-do not: at N = 20 they write 4 GB in about ten seconds, and a system that
-makes its files durable (damselfly fsyncs its store and the output) would
-be timed on this VM's disk rather than on the network. tmpfs takes the disk
-out for every system alike; ``fsync`` there returns at once.
-
 Cleanup: ``Lab.close`` kills every process left in the lab's namespaces and
 deletes them; it runs on normal exit, on SIGINT/SIGTERM (turned into
 exceptions while the lab is open), and from ``atexit``. ``cleanup_leftovers``
@@ -124,16 +116,8 @@ def cleanup_leftovers(owner: int | None = None) -> list[str]:
             kill_namespace(name)
             removed.append(name)
     for path in _leftover_dirs(owner):
-        _remove_dir(path)
+        shutil.rmtree(path, ignore_errors=True)
     return removed
-
-
-def _remove_dir(path: str) -> None:
-    """Unmount the lab's tmpfs if it is one (lazily: a process may still hold
-    a file), then delete the directory."""
-    if os.path.ismount(path):
-        sh("umount", "-l", path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _leftover_dirs(owner: int | None) -> list[str]:
@@ -166,7 +150,7 @@ class Lab:
     """A bridge and its hosts; a context manager that removes everything on exit."""
 
     def __init__(self, subnet: str = "10.77.0.0/24", *, run_root: str = "/tmp",
-                 mtu: int = 1500, tmpfs_bytes: int = 0) -> None:
+                 mtu: int = 1500) -> None:
         if not MIN_MTU <= mtu <= MAX_MTU:
             raise LabError(f"lab MTU must be {MIN_MTU}-{MAX_MTU}, got {mtu}")
         if os.geteuid() != 0:
@@ -178,7 +162,6 @@ class Lab:
         if not self.net.is_private or self.net.prefixlen < 16:
             raise LabError(f"lab subnet must be a private /16 or smaller, got {subnet}")
         self.mtu = mtu
-        self.tmpfs_bytes = tmpfs_bytes
         self.pid = os.getpid()
         self.prefix = f"{PREFIX}{self.pid}-"
         self.switch = f"{self.prefix}sw"
@@ -206,11 +189,6 @@ class Lab:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 self._old_handlers[sig] = signal.signal(sig, _raise_exit)
         os.makedirs(self.dir, exist_ok=True)
-        if self.tmpfs_bytes:
-            proc = sh("mount", "-t", "tmpfs", "-o", f"size={self.tmpfs_bytes},mode=0755",
-                      "dfl-tmpfs", self.dir, check=False)
-            if proc.returncode:
-                raise LabError(f"cannot mount a tmpfs on {self.dir}: {proc.stderr.strip()}")
         sh("ip", "netns", "add", self.switch)
         self._ip_n(self.switch, "link", "set", "lo", "up")
         self._ip_n(self.switch, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
@@ -226,7 +204,7 @@ class Lab:
             kill_namespace(host.ns)
         kill_namespace(self.switch)
         cleanup_leftovers(self.pid)
-        _remove_dir(self.dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
         self.hosts.clear()
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)

@@ -99,8 +99,7 @@ def markdown(results: dict) -> str:
         f"File {cfg.get('file_mib')} MiB; origin {cfg.get('origin_mbit')} Mbit/s; hosts "
         f"{cfg.get('host_up_mbit')} up / {cfg.get('host_down_mbit')} down Mbit/s; latency "
         f"{cfg.get('latency_ms')} ms; MTU {cfg.get('mtu', 1500)}; supernode host: "
-        f"{cfg.get('supernode_host')}; hosts' files "
-        f"{'in a tmpfs' if cfg.get('tmpfs') else 'on disk'}.",
+        f"{cfg.get('supernode_host')}.",
         "",
         results.get("fairness", ""),
         "",

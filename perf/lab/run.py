@@ -37,7 +37,7 @@ from functools import partial
 from perf.lab import probe
 from perf.lab.bound import kumar_ross, which_term
 from perf.lab.cpu import CpuMonitor
-from perf.lab.netns import Lab, LabError
+from perf.lab.netns import Lab
 from perf.lab.procs import Procs
 from perf.lab.systems.common import Setup, sha256_file
 
@@ -61,10 +61,6 @@ class LabConfig:
     # to 15.3 s, and the measured goodput (so the bound) from 95.7 to 99.3
     # Mbit/s.
     mtu: int = 9000
-    # Every host's files in RAM (perf.lab.netns, "Files"): the lab's hosts
-    # share one disk. On a VM whose disk took 397 MB/s with fdatasync,
-    # damselfly at N = 20 took 12.3 s on it; False puts them on the disk.
-    tmpfs: bool = True
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     supernode_host: str = "origin"          # "origin" (shared) or "own"
     workers: int = 1                        # dfdaemon worker processes per host
@@ -82,24 +78,6 @@ class LabConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def tmpfs_size(file_size: int, n: int) -> int:
-    """The lab's tmpfs for ``n`` clients: the file at the origin and in the CDN,
-    two copies per client (a damselfly store and the output), and 256 MiB
-    for logs and slack. LabError if the machine's free memory cannot hold
-    it (the sweep then needs ``--disk``)."""
-    need = file_size * (2 * n + 4) + 256 * MIB
-    available = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    if need > 0.8 * available:
-        raise LabError(f"N = {n} needs {need / 2**30:.1f} GiB of tmpfs and "
-                       f"{available / 2**30:.1f} GiB of memory is available: "
-                       "run with --disk, or a smaller --file-mib")
-    return need
 
 
 def make_file(path: str, size: int, seed: int) -> str:
@@ -123,8 +101,7 @@ def run_point(config: LabConfig, n: int, log=print) -> dict:
     from perf.lab.systems import RUNNERS
 
     point: dict = {"n": n, "systems": {}}
-    with Lab(config.subnet, mtu=config.mtu,
-             tmpfs_bytes=tmpfs_size(config.file_size, n) if config.tmpfs else 0) as lab:
+    with Lab(config.subnet, mtu=config.mtu) as lab:
         lat = config.latency_ms
         origin = lab.add_host("origin", 1, up_mbit=config.origin_mbit,
                               down_mbit=config.origin_mbit, latency_ms=lat)
