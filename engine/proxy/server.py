@@ -155,8 +155,8 @@ class Proxy:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.method == "CONNECT":
             # FrontDoor takes a CONNECT that opens its connection; this one
-            # came after other requests on a keep-alive connection.
-            # What follows it on the connection is not HTTP: end the connection.
+            # came after other requests on a keep-alive connection, and what
+            # follows it is not HTTP: answer, and end the connection.
             resp = _text(405, "CONNECT must be the first request on its connection")
             resp.force_close()
             return resp
