@@ -45,8 +45,7 @@ _BLOB = re.compile(r"/v2/(?:[^/]+/)+blobs/(sha256:[0-9a-f]{64})\Z")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d{1,5})?\Z")
 _AUTHORITY = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})\Z")
 REASONS = {200: "Connection established", 400: "Bad Request", 403: "Forbidden",
-           431: "Request Header Fields Too Large", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+           431: "Request Header Fields Too Large", 502: "Bad Gateway", 504: "Gateway Timeout"}
 
 
 @dataclass(frozen=True, slots=True)

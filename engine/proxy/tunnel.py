@@ -257,10 +257,8 @@ class Tunnels:
     def _failed(self, tunnel: Tunnel, status: int, message: str) -> None:
         self.counters["errors"] += 1
         log.warning("proxy: CONNECT: %s", message)
-        self._open.discard(tunnel)
-        self._leave()
-        tunnel.closed = True
         refuse(tunnel.client, status, message)
+        tunnel.close()                    # the answer is queued; ended() does the books
 
     def ended(self, tunnel: Tunnel) -> None:
         if tunnel in self._open:
