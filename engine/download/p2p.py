@@ -59,6 +59,7 @@ MIN_WAIT = 0.01  # seconds; a floor under server hints so a 0 never spins
 META_SAVE_INTERVAL = 2.0  # seconds between saves of a partial task's piece digests
 # Endgame races running at once: each holds a piece-sized buffer.
 MAX_RACES = 2
+_REJOIN = "rejoin"  # _answered's word for "done", said to a peer that lacks pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class _Rounds:
         self._asked_at: str | None = None  # the supernode the call went to
         self.quiet_until = 0.0  # after a "wait": no asking before then (results still go)
         self.wake = asyncio.get_running_loop().create_future()  # a fetch got near done
+        self.rejoined = False  # see _rejoin
 
     async def run(self, view: TaskView) -> P2PEnd:
         ctx, job = self.ctx, self.job
@@ -138,7 +140,9 @@ class _Rounds:
                     saved_at = time.monotonic()
                 if self.rpc is not None and self.rpc in finished:
                     view, end = self._answered(view)
-                    if end is not None:
+                    if end is not None and end.action == _REJOIN:
+                        view = await self._rejoin(end)
+                    elif end is not None:
                         return end
         finally:
             await self._cancel_all()
@@ -191,14 +195,30 @@ class _Rounds:
             return view, P2PEnd(action, view, response.message)
         if action == "done":
             if job.task is None or not job.task.bitmap.complete():
-                raise SupernodeError(f"supernode {link.current} says done, but this peer "
-                                     f"lacks pieces of {view.task_id}")
+                return view, P2PEnd(_REJOIN, view, f"supernode {link.current} says done, but "
+                                                   f"this peer lacks pieces of {view.task_id}")
             return view, P2PEnd(action, view, response.message)
         if action == "assign":
             self._accept(response)
         else:
             self.quiet_until = time.monotonic() + max(response.wait_ms / 1000, MIN_WAIT)
         return view, None
+
+    async def _rejoin(self, end: P2PEnd) -> TaskView:
+        """Leave the task at the supernode and register again, as a newcomer.
+
+        The supernode counts this peer as holding pieces its store no longer
+        has: the store discarded the task (a hard-linked output edited in
+        place, engine.store.TaskFile.changed_since_complete) or lost it, and
+        a leave after that got lost. Once per download; a second time it is
+        the supernode's error.
+        """
+        if self.rejoined:
+            raise SupernodeError(end.message)
+        self.rejoined = True
+        log.warning("%s: leaving the task there and registering again", end.message)
+        await self._cancel_all()
+        return await self.link.rejoin(self.ctx.peer.peer_id, end.view.task_id)
 
     def _accept(self, response: ScheduleResponse) -> None:
         """Queue new assignments. A second source for a running piece (endgame)

@@ -125,6 +125,12 @@ class SupernodeLink:
             return view
         raise Unreachable("; ".join(problems) or "every supernode already failed")
 
+    async def rejoin(self, peer_id: PeerId, task_id: TaskId) -> TaskView:
+        """Leave ``task_id`` at the current supernode, then register again there."""
+        assert self.current is not None and self._register is not None
+        await leave(self.rpc, self.current, peer_id, task_id, self.timeout)
+        return await self.register(self._register)
+
     async def schedule(self, request: ScheduleRequest) -> ScheduleResponse:
         """One schedule round, riding over two kinds of trouble.
 
