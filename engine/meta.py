@@ -50,6 +50,9 @@ class TaskMeta:
     etag: str | None = None
     last_modified: str | None = None
     extra: dict = field(default_factory=dict)
+    # The data file's mtime when the task completed (engine.store:
+    # TaskFile.changed_since_complete); None for a partial task.
+    data_mtime_ns: int | None = None
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -75,8 +78,8 @@ class TaskMeta:
         digests[index] = sha256
         return replace(self, piece_digests=tuple(digests))
 
-    def completed(self, sha256: str) -> TaskMeta:
-        return replace(self, state="complete", sha256=sha256)
+    def completed(self, sha256: str, data_mtime_ns: int | None = None) -> TaskMeta:
+        return replace(self, state="complete", sha256=sha256, data_mtime_ns=data_mtime_ns)
 
     def to_bytes(self) -> bytes:
         body = self._body()
@@ -105,7 +108,8 @@ class TaskMeta:
                 "length": self.length, "piece_size": self.piece_size,
                 "piece_digests": list(self.piece_digests), "state": self.state,
                 "sha256": self.sha256, "etag": self.etag,
-                "last_modified": self.last_modified, "extra": self.extra}
+                "last_modified": self.last_modified, "extra": self.extra,
+                "data_mtime_ns": self.data_mtime_ns}
 
 
 def _checksum(body: dict) -> str:

@@ -27,6 +27,7 @@ is removed, never served. Paths come only from task ids, never from requests.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import mmap
@@ -42,6 +43,9 @@ from engine.meta import TaskMeta, write_atomically
 from engine.types import TaskId
 
 log = logging.getLogger(__name__)
+# os.link errors after which a copy still works: another filesystem, too many
+# links, a filesystem without hard links, fs.protected_hardlinks.
+_LINK_REFUSED = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP, errno.EACCES)
 
 
 class TaskFile:
@@ -166,19 +170,23 @@ class TaskFile:
             actual = sha256
         try:
             os.fdatasync(self.fd)
+            mtime = os.fstat(self.fd).st_mtime_ns
         except OSError as exc:
             raise from_oserror(exc, "syncing task data") from exc
-        self.meta = self.meta.completed(actual)
+        self.meta = self.meta.completed(actual, mtime)
         self.save_meta()
 
-    def export(self, output: str, link: bool = False) -> None:
+    def export(self, output: str, link: bool = False, copy_if_refused: bool = False) -> None:
         """Produce the finished file at ``output`` atomically.
 
         In-kernel copy (reflink when the filesystem can, else copy_file_range)
-        by default; a hard link when ``link`` (the output then shares blocks
-        with the cache and must not be modified in place). The bytes appear
-        under a temporary name in the same directory and are renamed into
-        place, so a reader never sees a partial file at ``output``.
+        by default; a hard link when ``link`` (the output is then the cache's
+        own inode: see ``changed_since_complete`` for what an edit in place
+        does). With ``copy_if_refused`` a link the filesystem refuses (another
+        filesystem, a link-count limit, protected_hardlinks) becomes a copy
+        instead of an error. The bytes appear under a temporary name in the
+        same directory and are renamed into place, so a reader never sees a
+        partial file at ``output``.
         """
         if not self.complete:
             raise StoreError(f"task {self.task_id} is not complete")
@@ -188,9 +196,9 @@ class TaskFile:
             if os.path.isdir(output):
                 raise BadInput(f"output {output} is a directory")
             _remove_quietly(tmp)
-            if link:
-                os.link(os.path.join(self.path, "data"), tmp)
-            else:
+            if link and not self._link(tmp, copy_if_refused):
+                link = False
+            if not link:
                 copy_file(self.fd, tmp, self.meta.length)
             os.replace(tmp, output)
         except OSError as exc:
@@ -199,6 +207,29 @@ class TaskFile:
         except BaseException:
             _remove_quietly(tmp)
             raise
+
+    def _link(self, tmp: str, copy_if_refused: bool) -> bool:
+        """Hard-link the data file at ``tmp``; False if refused and a copy may do."""
+        try:
+            os.link(os.path.join(self.path, "data"), tmp)
+        except OSError as exc:
+            if copy_if_refused and exc.errno in _LINK_REFUSED:
+                return False
+            raise
+        return True
+
+    def changed_since_complete(self) -> bool:
+        """True when the data file was written after ``finish`` recorded it.
+
+        A hard-linked output (``export(link=True)``, dfget's default on the
+        cache's filesystem) is the cache's inode: editing it in place edits
+        the cache. Any write moves the file's mtime, which ``finish`` keeps in
+        the meta; such a task must not be exported or served again. Metas from
+        before the field existed (None) are taken as unchanged.
+        """
+        recorded = self.meta.data_mtime_ns
+        return (self.complete and recorded is not None
+                and os.fstat(self.fd).st_mtime_ns != recorded)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -301,6 +332,10 @@ class PieceStore:
         if task.complete and not bitmap.complete():
             task.close()
             raise StoreError(f"task {task_id} is marked complete but misses pieces")
+        if task.changed_since_complete():
+            task.close()
+            raise StoreError(f"task {task_id} data was written after it was complete "
+                             f"(a hard-linked output edited in place?)")
         return task
 
     def remove(self, task_id: TaskId) -> None:

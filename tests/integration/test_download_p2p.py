@@ -87,7 +87,8 @@ def test_edge_sizes_then_a_second_download_needs_no_network(tmp_path, size, rece
     assert sb.bytes_from_cdn + sb.bytes_from_peers == size
 
 
-def test_corrupt_pieces_from_a_peer_are_fetched_again_elsewhere(tmp_path):
+@pytest.mark.parametrize("rot", ["silent", "write"])
+def test_corrupt_pieces_from_a_peer_are_fetched_again_elsewhere(tmp_path, rot):
     data = os.urandom(8 * PIECE)
 
     async def main():
@@ -98,15 +99,22 @@ def test_corrupt_pieces_from_a_peer_are_fetched_again_elsewhere(tmp_path):
             await fetch_and_check(liar, url, data, tmp_path)
             # The liar's bitmap still claims every piece; its bytes are now wrong.
             task_id = DownloadRequest(url).task_id
-            with open(os.path.join(liar.store.task_path(task_id), "data"), "r+b") as f:
+            path = os.path.join(liar.store.task_path(task_id), "data")
+            before = os.stat(path)
+            with open(path, "r+b") as f:
                 for i in range(8):
                     f.seek(i * PIECE + 100)
                     f.write(b"\xff" * 16)
+            if rot == "silent":  # bit rot: no write the kernel saw, the mtime stands
+                os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
             await fetch_and_check(honest, url, data, tmp_path)
             return honest.downloader.stats, liar.upload.stats
 
     stats, liar_served = run(main())
-    assert liar_served["pieces"] >= 1 and stats.pieces_corrupt >= 1
+    if rot == "silent":  # only the receiver's sha256 can tell
+        assert liar_served["pieces"] >= 1 and stats.pieces_corrupt >= 1
+    else:  # a write after completion (an edited hard-linked output): never served
+        assert liar_served["pieces"] == 0 and stats.pieces_corrupt == 0
     assert stats.bytes_from_peers + stats.bytes_from_cdn == 8 * PIECE
 
 

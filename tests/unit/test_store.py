@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -10,8 +11,8 @@ import subprocess
 import pytest
 
 from engine.diskspace import DiskBudget
-from engine.errors import (BadInput, IntegrityError, NotEnoughSpace, StoreError,
-                           TaskNotFound)
+from engine.errors import (BadInput, DamselflyError, DiskFull, IntegrityError, NotEnoughSpace,
+                           StoreError, TaskNotFound)
 from engine.meta import TaskMeta, redact_url
 from engine.pieces import PieceLayout
 from engine.store import PieceStore
@@ -70,6 +71,75 @@ def test_hard_link_export_shares_the_inode(tmp_path):
     task.export(str(out), link=True)
     assert os.stat(out).st_ino == os.stat(os.path.join(task.path, "data")).st_ino
     assert out.read_bytes() == data
+    task.close()
+
+
+def test_an_output_edited_in_place_takes_its_linked_task_out_of_the_store(tmp_path):
+    data = _content(2 * PIECE)
+    store = PieceStore(str(tmp_path / "s"))
+    task = _fill(store, data)
+    task_id = task.task_id
+    out = tmp_path / "linked"
+    task.export(str(out), link=True)
+    task.close()
+    store.open(task_id).close()  # untouched: still the complete task
+    with open(out, "r+b") as f:  # the user edits "their" file in place
+        f.seek(PIECE)
+        f.write(b"edited")
+    with pytest.raises(StoreError, match="written after it was complete"):
+        store.open(task_id)
+    assert store.complete_tasks() == []
+    assert store.scan() == [] and not os.path.exists(store.task_path(task_id))
+    assert out.read_bytes()[PIECE:PIECE + 6] == b"edited"  # the user's file is theirs
+
+
+def test_a_replaced_output_leaves_the_cache_intact(tmp_path):
+    data = _content(PIECE + 9)
+    store = PieceStore(str(tmp_path / "s"))
+    task = _fill(store, data)
+    out = tmp_path / "linked"
+    task.export(str(out), link=True)
+    task.close()
+    tmp = tmp_path / "new"
+    tmp.write_bytes(b"a new version")  # an editor's save: write aside, rename over
+    os.replace(tmp, out)
+    task = store.open(_meta(len(data), "http://o/f").task_id)
+    assert task.complete and not task.changed_since_complete()
+    task.close()
+
+
+@pytest.mark.parametrize("refusal", ["EXDEV", "EPERM", "EMLINK"])
+def test_a_refused_link_becomes_a_copy_only_when_allowed(tmp_path, monkeypatch, refusal):
+    data = _content(PIECE + 3)
+    store = PieceStore(str(tmp_path / "s"))
+    task = _fill(store, data)
+    out = tmp_path / "out"
+
+    def refuse(src, dst):
+        err = getattr(errno, refusal)
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "link", refuse)
+    with pytest.raises(DamselflyError):
+        task.export(str(out), link=True)
+    assert not out.exists() and os.listdir(tmp_path) == ["s"]
+    task.export(str(out), link=True, copy_if_refused=True)
+    assert os.stat(out).st_ino != os.stat(os.path.join(task.path, "data")).st_ino
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+    task.close()
+
+
+def test_a_link_error_that_a_copy_would_not_fix_is_raised(tmp_path, monkeypatch):
+    store = PieceStore(str(tmp_path / "s"))
+    task = _fill(store, _content(PIECE))
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", full)
+    with pytest.raises(DiskFull):
+        task.export(str(tmp_path / "out"), link=True, copy_if_refused=True)
+    assert os.listdir(tmp_path) == ["s"]
     task.close()
 
 
