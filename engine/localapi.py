@@ -13,7 +13,7 @@ daemon closes the connection::
     -> {"op": "download", "url": ..., "output": "/abs/path", "headers": {...},
         "digest": "sha256:..." | null, "tag": "", "filter": [...],
         "limit": bytes/s | null, "back_source": true, "timeout": s | null,
-        "link": false, "progress": true}
+        "link": false, "copy": false, "progress": true}
     <- {"event": "accepted", "task_id": ...}
     <- {"event": "progress", "completed": n, "total": n | null, ...}   (any number;
                                                           none with "progress": false)
@@ -109,8 +109,11 @@ class DownloadCommand:
     limit: int | None = None
     back_source: bool = True
     timeout: float | None = None
+    # The output: a hard link to the cache where the filesystem allows, else a
+    # copy (neither set); a link or an error (``link``); a copy (``copy``).
     link: bool = False
     progress: bool = True  # send progress events (a client that shows none says False)
+    copy: bool = False
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -124,6 +127,8 @@ class DownloadCommand:
             raise BadInput("limit must be > 0 bytes/s")
         if self.timeout is not None and self.timeout <= 0:
             raise BadInput("timeout must be > 0 seconds")
+        if self.link and self.copy:
+            raise BadInput("link and copy exclude each other")
 
     @classmethod
     def from_wire(cls, o: dict) -> DownloadCommand:
@@ -142,14 +147,15 @@ class DownloadCommand:
                    _field(o, "tag", str, ""), tuple(filt), _field(o, "limit", int, None),
                    _field(o, "back_source", bool, True),
                    float(timeout) if timeout is not None else None,
-                   _field(o, "link", bool, False), _field(o, "progress", bool, True))
+                   _field(o, "link", bool, False), _field(o, "progress", bool, True),
+                   _field(o, "copy", bool, False))
 
     def to_wire(self) -> dict:
         return {"op": "download", "url": self.url, "output": self.output,
                 "headers": self.headers, "digest": str(self.digest) if self.digest else None,
                 "tag": self.tag, "filter": list(self.filter_params), "limit": self.limit,
                 "back_source": self.back_source, "timeout": self.timeout, "link": self.link,
-                "progress": self.progress}
+                "copy": self.copy, "progress": self.progress}
 
 
 def parse_command(o: dict) -> DownloadCommand | str:

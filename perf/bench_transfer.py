@@ -10,10 +10,11 @@ What it measures, all on 127.0.0.1:
    pulling the same file from nginx (sendfile on). Wall seconds, MiB/s and
    CPU seconds per GiB (dfdaemon B's processes + dfget; nginx + curl), for
    ``--rounds`` interleaved runs of each (a fresh host B every round), then
-   their medians: one run of either tool varies by +-20 % on the VM. A
-   ``dfget --link`` row shows the same download with the output hard-linked
-   to the cache: the default writes every byte twice (cache and output, both
-   O_DIRECT), and on one virtual disk shared by both peers that second write
+   their medians: one run of either tool varies by +-20 % on the VM. dfget's
+   default output is a hard link to the cache (one write of every byte); a
+   ``dfget --copy`` row shows the same download with an output of its own,
+   written while the pieces arrive: every byte written twice (cache and
+   output, both O_DIRECT), which on one virtual disk shared by both peers
    costs wall time curl never pays (its bytes are still dirty in the page
    cache when it exits, while dfget's output is synced);
 2. memory: the peak RSS of a fresh dfdaemon (coordinator + workers, summed,
@@ -54,7 +55,7 @@ import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB, GIB = 1 << 20, 1 << 30
-TOOLS = ["dfget", "dfget --link", "curl"]
+TOOLS = ["dfget", "dfget --copy", "curl"]
 NGINX_CONF = """
 daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 64; }}
@@ -283,7 +284,7 @@ def bench(args, work: str) -> None:
                 settle_memory(work, size)
                 if tool != "curl":
                     cpu0 = cpu_seconds(tree(host_pid))
-                    flags = ("--link",) if tool.endswith("--link") else ()
+                    flags = ("--copy",) if tool.endswith("--copy") else ()
                     wall, own_cpu, done = dfget(host, f"{origin}/big",
                                                 os.path.join(work, "out-p2p"), *flags)
                     got[tool] = (wall, own_cpu + cpu_seconds(tree(host_pid)) - cpu0, done)
@@ -322,11 +323,11 @@ def bench(args, work: str) -> None:
     med = {tool: (statistics.median(g[tool][0] for g in rounds),
                   statistics.median(g[tool][1] for g in rounds)) for tool in TOOLS}
     c_wall, c_cpu = med["curl"]
-    for tool, label in (("dfget", "dfget from a seeded peer"), ("dfget --link", "dfget --link"),
+    for tool, label in (("dfget", "dfget from a seeded peer"), ("dfget --copy", "dfget --copy"),
                         ("curl", "curl from nginx")):
         w, c = med[tool]
         print(f"  median: {label:<23}{w:9.2f} {size / MIB / w:8.0f} {c / gib:11.2f}")
-    for tool in ("dfget", "dfget --link"):
+    for tool in ("dfget", "dfget --copy"):
         w, c = med[tool]
         print(f"  ratio {tool + ' / curl':<25}{w / c_wall:9.2f} {c_wall / w:8.2f} "
               f"{c / max(c_cpu, 1e-9):11.2f}")

@@ -95,8 +95,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="keeps apart tasks whose URLs would otherwise merge")
     p.add_argument("--filter", action="append", metavar="PARAM[,PARAM]",
                    help="query parameters left out of the task id (repeatable)")
-    p.add_argument("--link", action="store_true",
-                   help="hard-link the output to the cache instead of copying")
+    way = p.add_mutually_exclusive_group()
+    way.add_argument("--link", action="store_true",
+                     help="the output must be a hard link to the cache (fail otherwise); "
+                          "by default it is one where the filesystem allows")
+    way.add_argument("--copy", action="store_true",
+                     help="write the output as a copy of its own, to be edited in place")
     return p
 
 
@@ -129,7 +133,7 @@ def build_command(config: DfgetConfig, args: dict, cwd: str) -> DownloadCommand:
         parse_duration(config.timeout) if config.timeout else None, bool(args.get("link")),
         # Progress events nobody shows cost the daemon CPU (40 quiet dfgets
         # in the lab: 400 events/s through worker, coordinator and dfget).
-        config.json or (config.progress and sys.stderr.isatty()))
+        config.json or (config.progress and sys.stderr.isatty()), bool(args.get("copy")))
 
 
 def daemon_args(config: DfgetConfig) -> list[str]:

@@ -8,9 +8,12 @@ Started by the coordinator (engine.daemon.supervisor) as
   peers' connections over the workers), paced by the host upload bucket;
 - a Downloader paced by the host download bucket, running the jobs the
   coordinator sends (``start``), streaming ``accepted``/``progress`` and one
-  ``done`` or ``error`` per job back, and writing the output while the
-  pieces arrive (engine.download.output; atomic rename into place), or as
-  a hard link with ``link``;
+  ``done`` or ``error`` per job back. The output is a hard link to the
+  task's data file when it is on the store's filesystem (one write of the
+  file instead of two; a link the filesystem refuses at the end becomes an
+  in-kernel copy), unless dfget asked for ``copy``; otherwise it is written
+  while the pieces arrive (engine.download.output) and renamed into place.
+  ``link`` insists on the link (an error where there can be none);
 - ``stats`` answers with the downloader's and upload server's counters,
   ``forget`` drops a cached open task (GC removed it), ``cancel`` stops a job.
 
@@ -142,7 +145,8 @@ class Worker:
                     last["at"] = now
                     send({"job": job, "event": "progress", **_progress_fields(p)})
 
-            output = None if cmd.link else OutputFile(cmd.output)
+            link = cmd.link or (not cmd.copy and self._same_filesystem(cmd.output))
+            output = None if link else OutputFile(cmd.output)
             # Starts empty: --limit holds from the first byte, with no burst.
             pacer = LocalBucket(cmd.limit, full=False) if cmd.limit else None
             try:
@@ -153,7 +157,7 @@ class Worker:
                 raise
             try:
                 if output is None:
-                    await asyncio.to_thread(task.export, cmd.output, True)
+                    await asyncio.to_thread(task.export, cmd.output, True, not cmd.link)
                 else:
                     finishing = asyncio.to_thread(output.finish, task)
                     output = None  # from here on finish cleans up after itself
@@ -179,6 +183,13 @@ class Worker:
             if not isinstance(exc, DamselflyError):
                 log.exception("job %d failed unexpectedly", job)
             send({"job": job, **error_event(exc)})
+
+    def _same_filesystem(self, output: str) -> bool:
+        """Whether ``output`` can be a hard link to the store's files."""
+        try:
+            return os.stat(os.path.dirname(output)).st_dev == os.stat(self.store.root).st_dev
+        except OSError:
+            return False  # the copy path reports what is wrong with the output
 
     async def _teardown(self) -> None:
         pending = [*self.jobs.values(), *self.chores]

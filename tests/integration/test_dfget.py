@@ -62,8 +62,50 @@ def _fetch_everywhere(swarm, name: str, data: bytes, *args: str):
 
 
 @pytest.mark.parametrize("size", [0, 1, PIECE, PIECE + 1])
-def test_every_host_gets_the_exact_bytes_and_the_origin_serves_once(swarm, size):
-    _fetch_everywhere(swarm, f"edge-{size}", os.urandom(size))
+@pytest.mark.parametrize("way", ["link", "--copy"])
+def test_every_host_gets_the_exact_bytes_and_the_origin_serves_once(swarm, size, way):
+    # The default (a hard link to the cache) and the copy streamed while the
+    # pieces arrive (engine.download.output) are two different write paths.
+    _fetch_everywhere(swarm, f"edge-{size}-{way}", os.urandom(size),
+                      *([way] if way.startswith("--") else []))
+
+
+def _cached_inodes(daemon: Daemon) -> set[int]:
+    return {os.stat(os.path.join(d, "data")).st_ino
+            for d, _, files in os.walk(daemon.data_dir) if "data" in files and "meta" in files}
+
+
+def test_the_output_is_a_link_to_the_cache_unless_a_copy_is_asked_for(swarm):
+    services, daemons, root = swarm
+    data = os.urandom(3 * PIECE + 11)
+    want = hashlib.sha256(data).hexdigest()
+    url = services.add("linked", data)
+    linked, copied = os.path.join(root, "linked-out"), os.path.join(root, "copied-out")
+    assert dfget(daemons[1].data_dir, url, linked).returncode == 0
+    assert dfget(daemons[1].data_dir, url, copied, "--copy").returncode == 0
+    assert sha256_file(linked) == sha256_file(copied) == want
+    assert os.stat(linked).st_ino in _cached_inodes(daemons[1])
+    assert os.stat(copied).st_ino not in _cached_inodes(daemons[1])
+    assert os.stat(copied).st_nlink == 1
+
+    # Edited in place, the linked output is the cache's inode: the daemon
+    # must notice and fetch the file again rather than hand out the edit.
+    with open(linked, "r+b") as f:
+        f.seek(PIECE)
+        f.write(b"user's edit")
+    again = os.path.join(root, "linked-again")
+    r = dfget(daemons[1].data_dir, url, again)
+    assert r.returncode == 0, r.stderr
+    assert sha256_file(again) == want
+    assert os.stat(again).st_ino != os.stat(linked).st_ino
+    assert services.origin.requests["linked"] == 1
+
+
+def test_link_and_copy_exclude_each_other(tmp_path):
+    r = dfget(str(tmp_path / "d"), "http://127.0.0.1:9/x", str(tmp_path / "o"),
+              "--link", "--copy", "--no-autostart")
+    assert r.returncode == BadInput.exit_code, r.stderr
+    assert "not allowed with" in r.stderr and not os.path.exists(tmp_path / "o")
 
 
 def test_a_large_file_comes_mostly_from_other_peers(swarm):
