@@ -98,6 +98,9 @@ class Job:
     # Output files of the callers, written while pieces arrive (engine.
     # download.output); a sink takes the list as it is when it starts.
     outputs: list[OutputFile] = field(default_factory=list)
+    # Whether the first caller's output is a copy (its space is checked and
+    # held with the task's, engine.store.PieceStore.create) or a hard link.
+    output_copy: bool = True
 
     def set_task(self, task: TaskFile) -> None:
         """Adopt ``task`` (closing a previous one) and count what it already holds."""

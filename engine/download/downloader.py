@@ -124,7 +124,9 @@ class Downloader:
         joins a download already running gets that download's pacing, not
         its own. ``output`` is written while the pieces arrive; on success
         the caller completes it with ``output.finish(task)``, on failure it
-        is abandoned here (nothing appears at its path).
+        is abandoned here (nothing appears at its path). Without one the
+        caller links the output to the task: the disk-space precheck of a
+        download it starts then counts the task alone.
 
         Raises OriginError, SupernodeError, IntegrityError, NotEnoughSpace,
         ClosedByUs (the request's timeout, or aclose), StoreError.
@@ -142,7 +144,7 @@ class Downloader:
                     n, count = local.meta.length, local.layout.count
                     on_progress(Progress(task_id, n, n, count, count, state="complete"))
                 return local
-            job = Job(request, Progress(task_id), pacer=pacer)
+            job = Job(request, Progress(task_id), pacer=pacer, output_copy=output is not None)
             self._jobs[task_id] = job
             job.runner = asyncio.create_task(self._run(job), name=f"download {task_id.hex[:12]}")
             job.runner.add_done_callback(lambda t, job=job: self._job_ended(job, t))

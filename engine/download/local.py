@@ -41,7 +41,7 @@ def open_complete(store: PieceStore, task_id: TaskId) -> TaskFile | None:
 
 
 def open_or_create(store: PieceStore, task_id: TaskId, url: str, layout: PieceLayout,
-                   **meta_fields) -> TaskFile:
+                   output_copy: bool = True, **meta_fields) -> TaskFile:
     """The task with this layout, reusing verified pieces of a partial one.
 
     Creating is the disk-space precheck (NotEnoughSpace) and preallocates.
@@ -62,7 +62,7 @@ def open_or_create(store: PieceStore, task_id: TaskId, url: str, layout: PieceLa
             log.info("task %s changed layout or lost its digests; starting over", task_id)
             store.remove(task_id)
         try:
-            return store.create(TaskMeta.new(task_id, url, layout, **meta_fields))
+            return store.create(TaskMeta.new(task_id, url, layout, **meta_fields), output_copy)
         except StoreError:
             if not os.path.exists(store.task_path(task_id)):
                 raise

@@ -153,7 +153,8 @@ def _task_for(ctx: Context, job: Job, length: int, view: TaskView | None,
         job.task = None
     # Under the supernode's name for the file if it gave one, else the identity.
     task_id = view.task_id if view is not None else job.request.task_id
-    job.set_task(open_or_create(ctx.store, task_id, job.request.url, layout, **validators))
+    job.set_task(open_or_create(ctx.store, task_id, job.request.url, layout, job.output_copy,
+                                **validators))
     return job.task
 
 

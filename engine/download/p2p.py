@@ -333,7 +333,8 @@ def _ensure_task(ctx: Context, job: Job, view: TaskView) -> None:
                              f"for {layout.count} by its length")
     # Stored under the supernode's name for the file (its version id), which is
     # the name every peer asks for in /pieces/<id>/<n>.
-    job.set_task(open_or_create(ctx.store, view.task_id, job.request.url, layout))
+    job.set_task(open_or_create(ctx.store, view.task_id, job.request.url, layout,
+                                job.output_copy))
 
 
 def _failure(view: TaskView, message: str) -> Exception:

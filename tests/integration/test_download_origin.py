@@ -175,3 +175,41 @@ def test_timeout_is_closed_by_us_and_the_download_is_dropped(tmp_path):
             return dl.stats
 
     assert run(main()).failed == 1
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_the_space_precheck_counts_a_copied_output_and_not_a_linked_one(tmp_path, copy):
+    from engine.diskspace import DiskBudget, free_bytes
+    from engine.download.output import OutputFile
+    from engine.errors import NotEnoughSpace
+
+    size = 32 * PIECE
+    data = os.urandom(size)
+    root = tmp_path / "store"
+    root.mkdir()
+    # Room for the task and half its size again: enough for a hard-linked
+    # output, not for a copy (the floor leaves 1.5 x size of the free space).
+    budget = DiskBudget(floor_bytes=free_bytes(str(root)) - size * 3 // 2)
+    store = PieceStore(str(root), budget=budget)
+    out = str(tmp_path / "out")
+
+    async def main():
+        with dead_port() as sn:
+            async with Origin() as origin, Downloader(store, [sn], _peer()) as dl:
+                origin.add("f", data)
+                output = OutputFile(out) if copy else None
+                task = await dl.download(DownloadRequest(origin.url("f")), output=output)
+                try:
+                    task.export(out, link=True)
+                finally:
+                    task.close()
+
+    if copy:
+        with pytest.raises(NotEnoughSpace):
+            run(main())
+        assert not os.path.exists(out)
+    else:
+        run(main())
+        with open(out, "rb") as f:
+            assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+    assert budget.reserved == 0
