@@ -33,16 +33,21 @@ from perf.lab.run import SYSTEMS, LabConfig, run_point  # noqa: E402
 from perf.lab.systems import damselfly  # noqa: E402
 
 QUICK = {"n_values": [1, 4], "file_mib": 16, "sim_n": [1, 4, 1000]}
+# Every client writes the file to its disk once: curl and aria2 into their
+# output (aria2 seeds from it), dfget into its cache, the output a hard link
+# to it (dfget's default; `dfget --copy` would write it twice).
+_ONE_WRITE = (" Each client writes the file once: curl and aria2 to their output, damselfly "
+              "to its cache with the output hard-linked to it (dfget's default).")
 FAIRNESS = {
     "origin": "Fairness: the supernode (scheduler + CDN) runs on the origin host, so every "
               "system has exactly one host outside the N clients, with the origin's upload: "
               "nginx alone (central), nginx + supernode (damselfly: the CDN's copy from nginx "
               "stays on that host), one aria2 seeder (BitTorrent). The bound's Us is that "
-              "host's measured goodput.",
+              "host's measured goodput." + _ONE_WRITE,
     "own": "Fairness: the supernode has a host of its own with the origin's bandwidth, so "
            "every system has two hosts outside the N clients: BitTorrent gets a second "
            "seeder there, central a second nginx (clients split between the two), and the "
-           "bound's Us is the sum of both hosts' measured goodput.",
+           "bound's Us is the sum of both hosts' measured goodput." + _ONE_WRITE,
 }
 
 

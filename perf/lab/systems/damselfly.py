@@ -7,7 +7,9 @@ the supernode on its host's; the CDN fetches the file from nginx once.
 
 All daemons are up (their ready files written) before the clock starts, as
 the other systems' servers are; then every client's ``dfget`` starts at once
-and its exit marks its completion. Bytes the origin sent: nginx's log.
+and its exit marks its completion. Bytes the origin sent: nginx's log. Each
+output is dfget's default, a hard link to the host's cache: the file is
+written once per host, as aria2 (which seeds from its output) and curl do.
 
 ``prepare`` runs once per sweep, before any clock: it compiles the repo's
 bytecode (under PYTHONDONTWRITEBYTECODE every process would otherwise compile
