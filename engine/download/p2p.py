@@ -56,7 +56,6 @@ from engine.pieces import PieceLayout
 
 log = logging.getLogger(__name__)
 MIN_WAIT = 0.01  # seconds; a floor under server hints so a 0 never spins
-META_SAVE_INTERVAL = 2.0  # seconds between saves of a partial task's piece digests
 # Endgame races running at once: each holds a piece-sized buffer.
 MAX_RACES = 2
 _REJOIN = "rejoin"  # _answered's word for "done", said to a peer that lacks pieces
@@ -105,7 +104,6 @@ class _Rounds:
 
     async def run(self, view: TaskView) -> P2PEnd:
         ctx, job = self.ctx, self.job
-        saved_at = time.monotonic()
         try:
             while True:
                 if job.task is not None and job.task.task_id != view.task_id:
@@ -134,10 +132,6 @@ class _Rounds:
                 for fut in finished:
                     if fut in self.races:
                         await self._raced(fut)
-                if time.monotonic() - saved_at >= META_SAVE_INTERVAL and job.task is not None:
-                    # Verified pieces survive a crash only if their digests are on disk.
-                    await ctx.on_disk(job.task.save_meta)
-                    saved_at = time.monotonic()
                 if self.rpc is not None and self.rpc in finished:
                     view, end = self._answered(view)
                     if end is not None and end.action == _REJOIN:
