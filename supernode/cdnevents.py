@@ -78,6 +78,7 @@ class CdnEvents:
         v = self.versions[version]
         v.digests[index] = sha256
         self.scheduler.piece_available(v.id, index)
+        _resolve(v.first_piece)
 
     def on_complete(self, version: TaskId, meta: TaskMeta) -> None:
         v = self.versions[version]
@@ -85,6 +86,7 @@ class CdnEvents:
         v.validators = Validators(meta.etag, meta.last_modified)
         v.fresh_until = math.inf if v.pinned else self.clock() + self.config.revalidate_after
         self.counters["fetches_complete"] += 1
+        _resolve(v.first_piece)  # an empty file has no piece to land
 
     def on_failed(self, version: TaskId, error: DamselflyError) -> None:
         v = self.versions.get(version)
@@ -126,6 +128,7 @@ class CdnEvents:
         except StoreError as exc:
             log.warning("could not remove failed task %s: %s", v.id, exc)
         _resolve(v.head)
+        _resolve(v.first_piece)
 
     def _mark_fresh(self, v: Version) -> None:
         v.fresh_until = self.clock() + self.config.revalidate_after

@@ -53,6 +53,10 @@ from supernode.versions import (
 log = logging.getLogger(__name__)
 CDN_PEER = PeerId("cdn")
 DIGEST_WAIT_MS = 50
+# How long a registration for a file the CDN has just started fetching waits
+# for its first piece, so that the peer's first schedule call finds
+# something to fetch instead of a wait_ms hint (100-300 ms jittered).
+FIRST_PIECE_WAIT = 1.0  # seconds
 
 
 def host_port(host: str, port: int) -> str:
@@ -87,8 +91,9 @@ class SupernodeService(CdnEvents):
     async def __aexit__(self, *exc) -> None:
         await self.cdn.close()
         for v in self.versions.values():
-            if v.head is not None and not v.head.done():
-                v.head.cancel()
+            for waiting in (v.head, v.first_piece):
+                if waiting is not None and not waiting.done():
+                    waiting.cancel()
 
     # --- restart ---------------------------------------------------------------
 
@@ -121,6 +126,11 @@ class SupernodeService(CdnEvents):
             version = await self._revalidate(entry, ident, req, fp, step)
         else:
             version = entry.current
+        if version.first_piece is not None and not version.first_piece.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(version.first_piece), FIRST_PIECE_WAIT)
+            except TimeoutError:
+                pass  # a slow origin: the peer asks again after the usual waits
         version.used_at = self.clock()
         peer = req.peer
         self.scheduler.register(version.id, peer.peer_id, location=peer.location,
@@ -224,6 +234,7 @@ class SupernodeService(CdnEvents):
             old, entry.current = entry.current, v
             if old is not None:
                 self._retire(old)
+            v.first_piece = asyncio.get_running_loop().create_future()
         else:
             entry.candidate = v
             v.head = asyncio.get_running_loop().create_future()

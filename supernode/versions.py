@@ -74,6 +74,9 @@ class Version:
     fingerprint: str | None = None    # failed with 401/403: whose request got it
     request_fp: str = ""              # fingerprint of the request that started the fetch
     head: asyncio.Future | None = None  # a revalidation waiting for the origin's answer
+    # A new fetch: resolved when its first piece lands or the fetch ends
+    # (SupernodeService.register holds the first registrations until then).
+    first_piece: asyncio.Future | None = None
     used_at: float = 0.0              # service clock: the last registration (cache LRU)
 
     def view(self) -> TaskView:

@@ -40,6 +40,38 @@ def test_fifty_concurrent_registrations_make_one_origin_request(tmp_path):
     run(main())
 
 
+def test_a_first_registration_waits_for_the_first_piece_not_the_whole_file(tmp_path):
+    from supernode.service import FIRST_PIECE_WAIT
+
+    data = blob(4 * MiB)
+
+    async def main():
+        async with Origin() as origin, supernode(tmp_path) as node:
+            release, stalled = asyncio.Event(), asyncio.Event()
+            origin.add("f", data, release=release, hold_after=MiB + MiB // 2)
+            origin.add("stalled", data, release=stalled)  # sends nothing until told
+            async with peers(node, "first", "second") as (p, q):
+                # The first piece is in when the view comes back: the first
+                # schedule call gets it, with no wait_ms round trip before.
+                view = await p.register(origin.url("f"))
+                assert view.state == "running" and view.length == len(data)
+                resp = await p.schedule(view.task_id, want=4)
+                assert resp.action == "assign" and [a.piece for a in resp.assignments] == [0]
+                # An origin that sends no body: the registration still answers
+                # after FIRST_PIECE_WAIT, with nothing to fetch yet.
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                try:
+                    view = await q.register(origin.url("stalled"))
+                    assert loop.time() - started >= FIRST_PIECE_WAIT * 0.9
+                    resp = await q.schedule(view.task_id, want=4)
+                    assert resp.action == "wait" and not resp.assignments
+                finally:
+                    release.set()
+                    stalled.set()
+    run(main())
+
+
 def test_pieces_are_schedulable_while_the_origin_still_sends(tmp_path):
     data = blob(4 * MiB)
 
