@@ -274,6 +274,11 @@ class UploadServer:
 
     def _task(self, task_id: TaskId) -> TaskFile | None:
         task = self._tasks.get(task_id)
+        if task is not None and task.changed_since_complete():
+            # Written after it completed (a hard-linked output edited in
+            # place): not one more byte of it goes out.
+            self.forget(task_id)
+            return None
         if task is not None:
             self._tasks.move_to_end(task_id)
             return task

@@ -70,6 +70,32 @@ def test_serves_exact_pieces_and_ranges(seeded):
     assert stats["pieces"] == 3 and stats["not_found"] == 1
 
 
+def test_a_complete_task_written_after_it_was_served_is_served_no_more(tmp_path):
+    data = os.urandom(2 * PIECE)
+    store = PieceStore(str(tmp_path))
+    task = store.create(TaskMeta.new(TaskId.of("w"), "http://o/w", PieceLayout(len(data), PIECE)))
+    for i in (0, 1):
+        task.write_piece(i, data[i * PIECE:(i + 1) * PIECE])
+        task.commit_piece(i, hashlib.sha256(data[i * PIECE:(i + 1) * PIECE]).hexdigest())
+    task.finish(hashlib.sha256(data).hexdigest())
+    task.close()
+    target = f"GET /pieces/{task.task_id.hex}/0 HTTP/1.1\r\n\r\n".encode()
+
+    async def main():
+        async with UploadServer(store) as server:
+            status, _, body = await _get(server.port, target)  # opened and kept open
+            assert status == 200 and body == data[:PIECE]
+            # A hard-linked output, edited in place: the cache's own inode.
+            with open(os.path.join(store.task_path(task.task_id), "data"), "r+b") as f:
+                f.write(b"edited")
+            status, _, body = await _get(server.port, target)
+            assert status == 404 and b"edited" not in body
+            return server.stats
+
+    stats = run(main())
+    assert stats["pieces"] == 1 and stats["not_found"] == 1
+
+
 @pytest.mark.parametrize("target,status", [
     ("/pieces/../../etc/passwd/0", 404), ("/pieces/" + "A" * 64 + "/0", 404),
     ("/pieces/" + "a" * 64 + "/0", 404), ("/pieces/x/-1", 404), ("/etc/passwd", 404),
