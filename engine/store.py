@@ -225,7 +225,10 @@ class TaskFile:
         cache's filesystem) is the cache's inode: editing it in place edits
         the cache. Any write moves the file's mtime, which ``finish`` keeps in
         the meta; such a task must not be exported or served again. Metas from
-        before the field existed (None) are taken as unchanged.
+        before the field existed (None) are taken as unchanged. The blind spot:
+        on kernels without fine-grained timestamps (before 6.13), a write
+        within the same clock tick (a few ms) as ``finish`` leaves the mtime
+        as it was; an edit made by hand comes far later.
         """
         recorded = self.meta.data_mtime_ns
         return (self.complete and recorded is not None
