@@ -101,6 +101,27 @@ def test_the_output_is_a_link_to_the_cache_unless_a_copy_is_asked_for(swarm):
     assert services.origin.requests["linked"] == 1
 
 
+def test_an_output_on_another_filesystem_is_a_copy_and_link_refuses_it(swarm):
+    import tempfile
+
+    services, daemons, root = swarm
+    data = os.urandom(2 * PIECE + 5)
+    url = services.add("elsewhere", data)
+    # /dev/shm is a tmpfs: another filesystem than the daemons' store.
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        assert os.stat(other).st_dev != os.stat(daemons[2].data_dir).st_dev
+        out = os.path.join(other, "out")
+        r = dfget(daemons[2].data_dir, url, out)
+        assert r.returncode == 0, r.stderr
+        assert sha256_file(out) == hashlib.sha256(data).hexdigest()
+        assert os.stat(out).st_nlink == 1
+        forced = os.path.join(other, "forced")
+        r = dfget(daemons[2].data_dir, url, forced, "--link")
+        assert r.returncode == 5, r.stderr
+        assert "cross-device" in r.stderr and not os.path.exists(forced)
+        assert sorted(os.listdir(other)) == ["out"]  # no temporary left behind
+
+
 def test_link_and_copy_exclude_each_other(tmp_path):
     r = dfget(str(tmp_path / "d"), "http://127.0.0.1:9/x", str(tmp_path / "o"),
               "--link", "--copy", "--no-autostart")
