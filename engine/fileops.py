@@ -25,6 +25,14 @@ def temp_path(output: str) -> str:
     return os.path.join(head, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.dfpart")
 
 
+def remove_quietly(path: str) -> None:
+    """Unlink ``path`` if it is there; a cleanup that must not raise."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def file_digest(fd: int, length: int, algorithm: str = "sha256",
                 chunk: int = 4 << 20) -> str:
     """Hex digest of the first ``length`` bytes of ``fd``, read with pread."""

@@ -50,7 +50,7 @@ class TaskMeta:
     etag: str | None = None
     last_modified: str | None = None
     extra: dict = field(default_factory=dict)
-    # The data file's mtime when the task completed (engine.store:
+    # The data file's mtime when the task completed (engine.taskfile:
     # TaskFile.changed_since_complete); None for a partial task.
     data_mtime_ns: int | None = None
 

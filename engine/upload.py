@@ -30,7 +30,8 @@ from typing import Protocol
 import native
 from engine import http1
 from engine.errors import BadInput, DamselflyError, StoreError
-from engine.store import PieceStore, TaskFile
+from engine.store import PieceStore
+from engine.taskfile import TaskFile
 from engine.types import TaskId
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,8 @@ from engine.errors import BrokenByPeer, DamselflyError, IntegrityError, OriginEr
 from engine.identity import TaskIdentity
 from engine.meta import TaskMeta, redact_url
 from engine.pieces import PieceLayout
-from engine.store import PieceStore, TaskFile
+from engine.store import PieceStore
+from engine.taskfile import TaskFile
 from engine.types import TaskId
 from supernode.origin import Head, OriginClient, Response, Validators
 from supernode.sinks import Hashers, PieceSink, SpoolSink

@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable
 
 from engine.errors import IntegrityError, OriginError, from_oserror
-from engine.store import TaskFile
+from engine.taskfile import TaskFile
 
 OnPiece = Callable[[int, str], None]
 

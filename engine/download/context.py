@@ -28,7 +28,8 @@ from engine.download.rpc import RpcClient
 from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.sinks import BouncePool
 from engine.messages import PeerInfo
-from engine.store import PieceStore, TaskFile
+from engine.store import PieceStore
+from engine.taskfile import TaskFile
 from engine.types import TaskId
 from engine.upload import Pacer
 

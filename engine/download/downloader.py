@@ -44,7 +44,8 @@ from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError,
                            SupernodeError)
 from engine.messages import PeerInfo
 from engine.meta import redact_url
-from engine.store import PieceStore, TaskFile
+from engine.store import PieceStore
+from engine.taskfile import TaskFile
 from engine.types import TaskId
 from engine.upload import Pacer
 

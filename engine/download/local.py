@@ -19,7 +19,8 @@ from engine.errors import IntegrityError, StoreError, TaskNotFound, from_oserror
 from engine.fileops import file_digest
 from engine.meta import TaskMeta
 from engine.pieces import PieceLayout
-from engine.store import PieceStore, TaskFile
+from engine.store import PieceStore
+from engine.taskfile import TaskFile
 from engine.types import Digest, TaskId
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from engine.errors import OriginError, StoreError, from_oserror
 from engine.messages import TaskView
 from engine.meta import redact_url
 from engine.pieces import PieceLayout
-from engine.store import TaskFile
+from engine.taskfile import TaskFile
 
 MAX_PENDING_COMMITS = 4
 SPOOL_CHUNK = 1 << 20

@@ -38,8 +38,8 @@ import os
 
 import native
 from engine.errors import BadInput, DamselflyError, StoreError, from_oserror
-from engine.fileops import copy_range, reflink, temp_path
-from engine.store import TaskFile
+from engine.fileops import copy_range, reflink, remove_quietly, temp_path
+from engine.taskfile import TaskFile
 
 WRITE_CHUNK = 64 << 10
 DIRECT_ALIGN = 4096
@@ -97,7 +97,7 @@ class OutputFile:
         """Give up: nothing appears at the path."""
         self._close()
         self._state = "closed"
-        _remove_quietly(self.tmp)
+        remove_quietly(self.tmp)
 
     # -- after the download
 
@@ -139,7 +139,7 @@ class OutputFile:
 
     def _open(self, task_fd: int) -> None:
         try:
-            _remove_quietly(self.tmp)
+            remove_quietly(self.tmp)
             self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                0o644)
             # Probe with the (partial) task file: a filesystem that clones is
@@ -164,10 +164,3 @@ class OutputFile:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._direct = -1
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -203,7 +203,7 @@ class _Rounds:
 
         The supernode counts this peer as holding pieces its store no longer
         has: the store discarded the task (a hard-linked output edited in
-        place, engine.store.TaskFile.changed_since_complete) or lost it, and
+        place, engine.taskfile.TaskFile.changed_since_complete) or lost it, and
         a leave after that got lost. Once per download; a second time it is
         the supernode's error.
         """

@@ -29,7 +29,7 @@ from engine.download.local import commit, verify_streamed
 from engine.download.sinks import FileSink, MemorySink
 from engine.errors import BadInput, IntegrityError
 from engine.messages import Assignment, PieceResult
-from engine.store import TaskFile
+from engine.taskfile import TaskFile
 
 log = logging.getLogger(__name__)
 # A fetch that has received this share of its piece calls its ``nudge``:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from engine.download import Downloader, DownloadRequest
 from engine.messages import PeerInfo
-from engine.store import PieceStore, TaskFile
+from engine.store import PieceStore
+from engine.taskfile import TaskFile
 from engine.types import PeerId
 from engine.upload import UploadServer
 

@@ -63,24 +63,33 @@ def test_data_file_is_preallocated(tmp_path):
     task.close()
 
 
-def test_hard_link_export_shares_the_inode(tmp_path):
-    data = _content(PIECE + 5)
+def _linked(tmp_path, data: bytes):
+    """A complete task in a store under tmp_path/s, exported as a hard link."""
     store = PieceStore(str(tmp_path / "s"))
     task = _fill(store, data)
     out = tmp_path / "linked"
     task.export(str(out), link=True)
+    return store, task, out
+
+
+def _link_fails(monkeypatch, code: int) -> None:
+    def fail(src, dst):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", fail)
+
+
+def test_hard_link_export_shares_the_inode(tmp_path):
+    data = _content(PIECE + 5)
+    _, task, out = _linked(tmp_path, data)
     assert os.stat(out).st_ino == os.stat(os.path.join(task.path, "data")).st_ino
     assert out.read_bytes() == data
     task.close()
 
 
 def test_an_output_edited_in_place_takes_its_linked_task_out_of_the_store(tmp_path):
-    data = _content(2 * PIECE)
-    store = PieceStore(str(tmp_path / "s"))
-    task = _fill(store, data)
+    store, task, out = _linked(tmp_path, _content(2 * PIECE))
     task_id = task.task_id
-    out = tmp_path / "linked"
-    task.export(str(out), link=True)
     task.close()
     store.open(task_id).close()  # untouched: still the complete task
     with open(out, "r+b") as f:  # the user edits "their" file in place
@@ -94,16 +103,12 @@ def test_an_output_edited_in_place_takes_its_linked_task_out_of_the_store(tmp_pa
 
 
 def test_a_replaced_output_leaves_the_cache_intact(tmp_path):
-    data = _content(PIECE + 9)
-    store = PieceStore(str(tmp_path / "s"))
-    task = _fill(store, data)
-    out = tmp_path / "linked"
-    task.export(str(out), link=True)
+    store, task, out = _linked(tmp_path, _content(PIECE + 9))
     task.close()
     tmp = tmp_path / "new"
     tmp.write_bytes(b"a new version")  # an editor's save: write aside, rename over
     os.replace(tmp, out)
-    task = store.open(_meta(len(data), "http://o/f").task_id)
+    task = store.open(task.task_id)
     assert task.complete and not task.changed_since_complete()
     task.close()
 
@@ -114,12 +119,7 @@ def test_a_refused_link_becomes_a_copy_only_when_allowed(tmp_path, monkeypatch, 
     store = PieceStore(str(tmp_path / "s"))
     task = _fill(store, data)
     out = tmp_path / "out"
-
-    def refuse(src, dst):
-        err = getattr(errno, refusal)
-        raise OSError(err, os.strerror(err))
-
-    monkeypatch.setattr(os, "link", refuse)
+    _link_fails(monkeypatch, getattr(errno, refusal))
     with pytest.raises(DamselflyError):
         task.export(str(out), link=True)
     assert not out.exists() and os.listdir(tmp_path) == ["s"]
@@ -132,11 +132,7 @@ def test_a_refused_link_becomes_a_copy_only_when_allowed(tmp_path, monkeypatch, 
 def test_a_link_error_that_a_copy_would_not_fix_is_raised(tmp_path, monkeypatch):
     store = PieceStore(str(tmp_path / "s"))
     task = _fill(store, _content(PIECE))
-
-    def full(src, dst):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "link", full)
+    _link_fails(monkeypatch, errno.ENOSPC)
     with pytest.raises(DiskFull):
         task.export(str(tmp_path / "out"), link=True, copy_if_refused=True)
     assert os.listdir(tmp_path) == ["s"]
