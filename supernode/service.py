@@ -141,13 +141,14 @@ class SupernodeService(CdnEvents):
         v = self._version(req.task_id)
         self.counters["schedules"] += 1
         peer = req.peer_id
-        done, failed = check_results(v, req, self._ledger, self.scheduler)
-        if done:
-            self.scheduler.pieces_done(v.id, peer, done)
-        for piece, source, reason in failed:
-            self.scheduler.piece_failed(v.id, peer, piece, source, reason)
-        for r in req.results:
-            self._ledger.settle(v.id, peer, r.piece, r.source, r.ok)
+        try:
+            self._apply_results(v, req)
+        except BadInput:
+            if v.state != FAILED:
+                raise
+            # Stale: the whole file failed its digest after every piece had
+            # landed, and its swarm was rebuilt as failed without them
+            # (cdnevents.on_failed). The answer below is that failure.
         decision = self.scheduler.schedule(v.id, req.peer_id, req.want)
         if decision.action == DONE and v.state != COMPLETE:
             # Every piece matched its digest, but "done" also promises the
@@ -166,6 +167,16 @@ class SupernodeService(CdnEvents):
         self.counters["assignments"] += len(assignments)
         return ScheduleResponse(decision.action, v.view(), assignments, decision.wait_ms,
                                 decision.message)
+
+    def _apply_results(self, v: Version, req: ScheduleRequest) -> None:
+        peer = req.peer_id
+        done, failed = check_results(v, req, self._ledger, self.scheduler)
+        if done:
+            self.scheduler.pieces_done(v.id, peer, done)
+        for piece, source, reason in failed:
+            self.scheduler.piece_failed(v.id, peer, piece, source, reason)
+        for r in req.results:
+            self._ledger.settle(v.id, peer, r.piece, r.source, r.ok)
 
     def announce(self, msg: Announce) -> TaskView:
         """``msg.peer`` holds all of a task this supernode has whole: it becomes

@@ -193,6 +193,28 @@ def test_expected_digest_is_enforced(tmp_path):
     run(main())
 
 
+def test_results_reported_after_the_whole_file_failed_get_the_failure(tmp_path):
+    data = blob(2 * MiB)
+
+    async def main():
+        async with Origin() as origin, supernode(tmp_path) as node:
+            release = asyncio.Event()
+            origin.add("f", data, release=release, hold_after=MiB + MiB // 2)
+            async with peers(node, "b") as (b,):
+                view = await b.register(origin.url("f"), digest=Digest("sha256", "0" * 64))
+                resp = await b.schedule(view.task_id, want=4)
+                assert resp.action == "assign" and [a.piece for a in resp.assignments] == [0]
+                body = await b._fetch(view.task_id, resp.assignments[0])
+                assert body == data[:MiB]
+                release.set()  # the rest arrives, and the whole file fails its digest
+                version = node.service.versions[view.task_id]
+                await until(lambda: version.state == "failed")
+                result = PieceResult(0, resp.assignments[0].source, True, MiB)
+                resp = await b.schedule(view.task_id, [result], want=4)
+                assert resp.action == "fail" and "expected sha256:000" in resp.message
+    run(main())
+
+
 def test_empty_file(tmp_path):
     async def main():
         async with Origin() as origin, supernode(tmp_path) as node:
