@@ -1,7 +1,9 @@
 """Machine CPU during a run, and what machine the numbers came from.
 
 ``CpuMonitor`` samples machine-wide CPU use (all cores, via psutil) every
-``interval`` seconds in a thread while a system runs. A run is flagged
+``interval`` seconds in a thread while a system's clients run: from the
+moment they start to the moment the last one has finished (``stop``), not
+through the teardown after it. A run is flagged
 ``cpu_bound`` when the machine was busy more than ``CPU_BOUND`` of the time
 on average: then the result says more about this machine than about the
 system's network behaviour (emulating 40 hosts at 100 Mbit/s on two cores
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+import time
 
 import psutil
 
@@ -26,9 +29,11 @@ class CpuMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._start_times = None
+        self._started_at = self._stopped_at = 0.0
 
     def __enter__(self) -> CpuMonitor:
         self._start_times = psutil.cpu_times()
+        self._started_at = time.monotonic()
         psutil.cpu_percent(None)
         self._thread.start()
         return self
@@ -37,10 +42,18 @@ class CpuMonitor:
     def started(self) -> bool:
         return self._start_times is not None
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """End the window (the first call counts; later ones do nothing)."""
+        if not self.started or self._stopped_at:
+            return
+        self._stopped_at = time.monotonic()
+        end = psutil.cpu_times()
         self._stop.set()
         self._thread.join()
-        self.mean = _busy_fraction(self._start_times, psutil.cpu_times())
+        self.mean = _busy_fraction(self._start_times, end)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -51,6 +64,7 @@ class CpuMonitor:
         peak = max(self.samples, default=mean)
         saturated = sum(s >= 0.97 for s in self.samples) / max(1, len(self.samples))
         return {"cpu_mean": round(mean, 3), "cpu_peak": round(peak, 3),
+                "cpu_window_s": round(self._stopped_at - self._started_at, 3),
                 "cpu_saturated_share": round(saturated, 3), "cpu_bound": mean > CPU_BOUND}
 
 

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from perf.lab.netns import Host, LabError
 
@@ -63,17 +63,24 @@ class Procs:
         proc.wait()
         return proc.returncode
 
-    def close(self) -> None:
-        live = [p for p in self.running if p.poll() is None]
-        for proc in live:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        for proc in live:
+    def stop_all(self, procs: Iterable[subprocess.Popen], timeout: float = 10.0) -> None:
+        """``stop`` for many at once: SIGTERM to every group, one shared
+        ``timeout`` for all to exit, then SIGKILL to what is left."""
+        procs = list(procs)
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for proc in self.running:
+        for proc in procs:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
+
+    def close(self) -> None:
+        self.stop_all(self.running)
+        for proc in self.running:
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     stream.close()

@@ -12,7 +12,8 @@ Around each run the harness takes the same measurements for every system:
 - bytes the server hosts sent, from the bridge's counters (the uniform
   measure), and what the origin server itself sent (nginx's log, or the
   seeder's host counters for BitTorrent);
-- machine CPU while the clients ran (``cpu.CpuMonitor``);
+- machine CPU while the clients ran (``cpu.CpuMonitor``), from the start
+  of the clients to the runner's ``Setup.clients_done``;
 - the sha256 of every client's copy.
 
 Fairness. Outside the N clients every system gets the same upload capacity:
@@ -151,7 +152,7 @@ def _run_system(runner, system: str, make_setup: Callable[..., Setup], work: str
     os.makedirs(work)
     with Procs(os.path.join(work, "logs")) as procs:
         monitor = CpuMonitor()
-        setup = make_setup(work, procs, on_start=monitor.__enter__)
+        setup = make_setup(work, procs, on_start=monitor.__enter__, on_done=monitor.stop)
         clients, servers, digest = setup.clients, setup.servers, setup.sha256
         before = lab.sent_bytes()
         try:
@@ -160,8 +161,7 @@ def _run_system(runner, system: str, make_setup: Callable[..., Setup], work: str
         except Exception as exc:          # one broken system must not end the sweep
             outcome, error = None, f"{type(exc).__name__}: {exc}"
         finally:
-            if monitor.started:
-                monitor.__exit__(None, None, None)
+            monitor.stop()                # a runner that failed before clients_done
         procs.close()
         after = lab.sent_bytes()
     result = _summarise(system, outcome, error, monitor, before, after, clients,

@@ -35,6 +35,7 @@ def run_central(setup: Setup) -> Outcome:
         procs[host.name] = proc
         finish.watch(host.name, proc)
     finish.join(setup.timeout)
+    setup.clients_done()
     outcome = Outcome({n: t - t0 for n, t in finish.times.items()}, outputs,
                       origin_bytes=servers[0].bytes_sent())
     for name, code in finish.codes.items():

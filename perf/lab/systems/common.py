@@ -44,11 +44,17 @@ class Setup:
     timeout: float = 600.0
     options: dict = field(default_factory=dict)
     on_start: Callable[[], None] = lambda: None
+    on_done: Callable[[], None] = lambda: None
 
     def start_clock(self) -> float:
         """Runners call this right before they start the clients: the run's t0."""
         self.on_start()
         return time.monotonic()
+
+    def clients_done(self) -> None:
+        """Runners call this once every client has finished, before they stop
+        anything: what the harness measures over the run (CPU) ends here."""
+        self.on_done()
 
     @property
     def file_name(self) -> str:

@@ -156,6 +156,7 @@ def run_damselfly(setup: Setup) -> Outcome:
         clients[host.name] = proc
         finish.watch(host.name, proc)
     finish.join(setup.timeout)
+    setup.clients_done()
     outcome = Outcome({n: t - t0 for n, t in finish.times.items()}, outputs,
                       origin_bytes=origin.bytes_sent())
     for name, code in finish.codes.items():
