@@ -65,6 +65,9 @@ class CpuMonitor:
         saturated = sum(s >= 0.97 for s in self.samples) / max(1, len(self.samples))
         return {"cpu_mean": round(mean, 3), "cpu_peak": round(peak, 3),
                 "cpu_window_s": round(self._stopped_at - self._started_at, 3),
+                # All cores' busy time over the window: what the run cost the machine.
+                "cpu_seconds": round(mean * (self._stopped_at - self._started_at)
+                                     * (os.cpu_count() or 1), 2),
                 "cpu_saturated_share": round(saturated, 3), "cpu_bound": mean > CPU_BOUND}
 
 

@@ -105,7 +105,8 @@ def markdown(results: dict) -> str:
         "",
         "Completion time in seconds, median / slowest host. Origin: bytes the origin server "
         "sent, in file sizes. CPU: machine CPU while the clients ran (`!` = over 90 %: the "
-        "machine, not the network, was the limit).",
+        "machine, not the network, was the limit), and what that came to in CPU-seconds of "
+        "all cores.",
         "",
     ]
     head = ["N", "bound s"]
@@ -126,9 +127,7 @@ def markdown(results: dict) -> str:
                 row.append("FAILED")
             obf = r.get("origin_bytes_per_file")
             row.append("—" if obf is None else f"{obf:.2f}")
-            cpu = r.get("cpu_mean")
-            row.append("—" if cpu is None else f"{cpu * 100:.0f} %" + (" !" if r.get("cpu_bound")
-                                                                       else ""))
+            row.append(_cpu_cell(r))
         lines.append("| " + " | ".join(row) + " |")
     repeats = [(p["n"], s, _sys(p, s)["runs"]) for p in results.get("points", [])
                for s in systems if _sys(p, s) and _sys(p, s).get("runs")]
@@ -233,3 +232,14 @@ def write(results: dict, out_dir: str, stem: str = "latest") -> dict[str, str]:
         f.write(markdown(results))
     chart(results, paths["png"])
     return paths
+
+
+def _cpu_cell(r: dict) -> str:
+    """``89 % ! (24.8 CPU-s)``; results from before cpu_seconds existed lack the bracket."""
+    cpu = r.get("cpu_mean")
+    if cpu is None:
+        return "—"
+    cell = f"{cpu * 100:.0f} %" + (" !" if r.get("cpu_bound") else "")
+    if r.get("cpu_seconds") is not None:
+        cell += f" ({r['cpu_seconds']:.1f} CPU-s)"
+    return cell

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,31 @@ def test_markdown_has_a_row_per_n_and_the_machine():
     assert "| 5 | 8.39 | 21.00 / 21.50 | 5.00 | 50 % | 9.00 / 9.20 | 1.00 | 50 % |" in md
     assert "| 10000 | 100 | 9.90 | 10.00 | 8.39 | 1.190 |" in md
     assert "| sim T / bound at N=10000 | 1.19 | <= 1.2 | pass |" in md
+
+
+def test_the_cpu_cell_gives_cpu_seconds_when_the_run_measured_them():
+    results = _results()
+    results["points"][0]["systems"]["damselfly"].update(cpu_mean=0.95, cpu_bound=True,
+                                                        cpu_seconds=24.81)
+    md = report.markdown(results)
+    assert "| 9.00 / 9.20 | 1.00 | 95 % ! (24.8 CPU-s) |" in md
+
+
+def test_the_cpu_monitor_window_ends_at_the_first_stop():
+    import time
+
+    from perf.lab.cpu import CpuMonitor
+
+    monitor = CpuMonitor(interval=0.05)
+    monitor.stop()                                   # not started: nothing to end
+    assert not monitor.started
+    with monitor:
+        time.sleep(0.2)
+        monitor.stop()
+        time.sleep(0.3)                              # after the stop: not counted
+    summary = monitor.summary()
+    assert 0.2 <= summary["cpu_window_s"] < 0.45
+    assert 0.0 <= summary["cpu_seconds"] <= summary["cpu_window_s"] * (os.cpu_count() or 1)
 
 
 def test_markdown_says_which_build_of_damselfly_was_measured():
