@@ -41,7 +41,7 @@ from engine.types import PeerId, TaskId
 from supernode.scheduler.config import SchedulerConfig
 from supernode.scheduler.errors import UnknownPeer
 from supernode.scheduler.health import Health
-from supernode.scheduler.model import Host
+from supernode.scheduler.model import Host, Member
 from supernode.scheduler.decide import fill, stranded
 from supernode.scheduler.registry import Registry
 from supernode.scheduler.results import Decision, TickReport
@@ -111,11 +111,19 @@ class Scheduler(SchedulerView):
             sw.state = TASK.next(sw.state, FINISH)
 
     def task_failed(self, task: TaskId, message: str = "", *, permanent: bool = False) -> None:
-        """The CDN gave up on the origin: peers go back to source, or fail if ``permanent``."""
+        """The CDN gave up on the origin: peers go back to source, or fail if
+        ``permanent``; the attempts open in the task end now."""
         sw = self._reg.swarms.get(task) or self._reg.new_swarm(task)
         sw.state = TASK.next(sw.state, FAIL)
         sw.error = message
         sw.permanent = permanent
+        # Nothing more is fetched in this task: every member is told to go
+        # back to the origin (or to fail) at its next call. Its open attempts
+        # would otherwise hold their sources' upload slots, which those hosts
+        # share with every other task they serve, until the deadline
+        # (assignment_timeout).
+        for member in sw.members.values():
+            self._release_attempts(member)
 
     def forget_task(self, task: TaskId) -> None:
         """Drop a task entirely (garbage collection): every member leaves it."""
@@ -159,11 +167,16 @@ class Scheduler(SchedulerView):
             # A peer registers again after it lost its scheduler state (a
             # restarted worker): nobody is fetching what it was assigned
             # before, so those attempts end now instead of at their deadline.
-            for flights in list(member.inflight.values()):
-                for flight in list(flights):
-                    reg.release(flight)
+            self._release_attempts(member)
         reg.touch(host, self._clock())
         return member.state
+
+    def _release_attempts(self, member: Member) -> None:
+        """End every open attempt of ``member``'s: its pieces are wanted again
+        and their sources' slots are free."""
+        for flights in list(member.inflight.values()):
+            for flight in list(flights):
+                self._reg.release(flight)
 
     def heartbeat(self, peer: PeerId) -> None:
         """``peer`` is alive, in all its tasks."""

@@ -65,6 +65,24 @@ def test_cdn_failure_sends_peers_back_to_source_or_fails_them(clock):
     assert s.schedule(U, A).action == FAIL
 
 
+def test_a_failed_task_frees_the_upload_slots_its_attempts_held(clock):
+    s = make(clock, cdn_upload_slots=0)           # every grant is from A
+    ready(s, T, 3, landed=[0, 1])                 # the CDN fails before piece 2
+    seed_peer(s, T, A, [0, 1])
+    seed_peer(s, U, A, [])
+    s.register(T, B)
+    grant = take(s, T, B)
+    assert grant.source == A and s.load(A) == 1
+    s.task_failed(T, "origin reset the connection")
+    # A's slots serve its other tasks now, not after assignment_timeout.
+    assert s.load(A) == 0 and s.in_flight(T, B) == {}
+    check(s)
+    assert s.schedule(T, B).action == BACK_TO_SOURCE
+    s.pieces_done(T, B, [(grant.piece, A)])       # a fetch that ended after the failure
+    assert s.piece_state(T, B, grant.piece) == "have"
+    check(s)
+
+
 def test_task_known_twice_must_agree(clock):
     s = make(clock)
     s.task_known(T, 5)
