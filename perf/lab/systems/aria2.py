@@ -100,8 +100,9 @@ def run_bittorrent(setup: Setup) -> Outcome:
         time.sleep(0.05)
     setup.clients_done()
     # SIGTERM makes aria2c flush its disk cache before exiting; the harness
-    # checks the copies only after this. All at once: each aria2c also tells
-    # the tracker it stops, ~1 s, and one after the other that took 40 s at
-    # N = 40 (inside the CPU window then, which made aria2 look idle).
+    # checks the copies only after this. All at once: each aria2c takes about
+    # a second to exit (1.2 s at N = 1), and one after the other that added
+    # up to most of a minute at N = 40 (inside the CPU window then, which
+    # made aria2 look idle).
     procs.stop_all(leechers.values(), timeout=20)
     return outcome
