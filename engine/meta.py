@@ -53,6 +53,10 @@ class TaskMeta:
     # The data file's mtime when the task completed (engine.taskfile:
     # TaskFile.changed_since_complete); None for a partial task.
     data_mtime_ns: int | None = None
+    # False for a completion not yet synced to the disk (TaskFile.finish with
+    # durable=False): after a crash its pieces are checked like a partial
+    # task's (engine.store.PieceStore.scan). Metas from before the field: True.
+    synced: bool = True
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -78,8 +82,10 @@ class TaskMeta:
         digests[index] = sha256
         return replace(self, piece_digests=tuple(digests))
 
-    def completed(self, sha256: str, data_mtime_ns: int | None = None) -> TaskMeta:
-        return replace(self, state="complete", sha256=sha256, data_mtime_ns=data_mtime_ns)
+    def completed(self, sha256: str, data_mtime_ns: int | None = None,
+                  synced: bool = True) -> TaskMeta:
+        return replace(self, state="complete", sha256=sha256, data_mtime_ns=data_mtime_ns,
+                       synced=synced)
 
     def to_bytes(self) -> bytes:
         body = self._body()
@@ -109,15 +115,16 @@ class TaskMeta:
                 "piece_digests": list(self.piece_digests), "state": self.state,
                 "sha256": self.sha256, "etag": self.etag,
                 "last_modified": self.last_modified, "extra": self.extra,
-                "data_mtime_ns": self.data_mtime_ns}
+                "data_mtime_ns": self.data_mtime_ns, "synced": self.synced}
 
 
 def _checksum(body: dict) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see all of it or none of it."""
+def write_atomically(path: str, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see all of it or none of it;
+    ``durable``: synced to the disk before it replaces what was there."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -125,7 +132,8 @@ def write_atomically(path: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -16,13 +16,18 @@ Theory of operation. ``<root>/tasks/<task id>/`` holds four files:
 A task is *partial* until every bit is set and the whole-file sha256 is
 known; ``TaskFile.finish`` then syncs the data and flips the meta to
 *complete*. Writeback is started lazily per piece (sync_file_range, never
-waited on); the only wait for the disk is that one fdatasync at the end.
+waited on); the only wait for the disk is that one fdatasync at the end,
+and a downloader does not wait for that either: it finishes with
+``durable=False`` (the meta says complete, not synced) and syncs the task a
+few seconds later (engine.download.downloader.SYNC_DELAY), so that a
+client's download ends when its last piece is verified.
 
 Reopening after a restart (``PieceStore.scan``): a complete task whose meta,
 bitmap and data size agree is served again. A partial task is kept only if
 each piece its bitmap claims still matches its digest (a crash can lose page
-cache that the bitmap had already published); anything torn or inconsistent
-is removed, never served. Paths come only from task ids, never from requests.
+cache that the bitmap had already published), and so is a complete task
+whose completion was never synced (checked, then synced); anything torn or
+inconsistent is removed, never served. Paths come only from task ids, never from requests.
 """
 
 from __future__ import annotations
@@ -172,8 +177,9 @@ class PieceStore:
             try:
                 task = self.open(task_id)
                 try:
-                    if not task.complete:
+                    if not task.complete or not task.meta.synced:
                         _check_partial(task)
+                        task.sync()         # a complete one: what was read is on disk
                     kept.append(task.meta)
                 finally:
                     task.close()

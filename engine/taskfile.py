@@ -10,6 +10,7 @@ import errno
 import hashlib
 import mmap
 import os
+from dataclasses import replace
 
 import native
 from engine.bitmap import PieceBitmap
@@ -117,11 +118,11 @@ class TaskFile:
         r = self.layout.range(index)
         self._mm.madvise(mmap.MADV_DONTNEED, r.start, r.length)
 
-    def save_meta(self) -> None:
-        write_atomically(os.path.join(self.path, "meta"), self.meta.to_bytes())
+    def save_meta(self, durable: bool = True) -> None:
+        write_atomically(os.path.join(self.path, "meta"), self.meta.to_bytes(), durable)
 
     def finish(self, sha256: str | None = None, digests: list[str] | None = None,
-               rehash: bool = True) -> None:
+               rehash: bool = True, durable: bool = True) -> None:
         """Mark the task complete once every piece is in.
 
         ``digests`` fills in piece digests this process did not verify itself
@@ -130,6 +131,11 @@ class TaskFile:
         it; without, every piece having matched its digest stands for the
         file, and ``sha256`` (which must then be given) is trusted as the
         digest the CDN computed over the same bytes.
+
+        ``durable``: the data is synced before the meta says complete. Without,
+        nothing waits for the disk: the meta says complete but not synced
+        (every process may serve and export the task at once, and a restart
+        checks its pieces as it checks a partial task's), until ``sync``.
         """
         if not self.bitmap.complete():
             raise StoreError(f"task {self.task_id} is missing pieces")
@@ -145,11 +151,24 @@ class TaskFile:
         else:
             actual = sha256
         try:
-            os.fdatasync(self.fd)
+            if durable:
+                os.fdatasync(self.fd)
             mtime = os.fstat(self.fd).st_mtime_ns
         except OSError as exc:
             raise from_oserror(exc, "syncing task data") from exc
-        self.meta = self.meta.completed(actual, mtime)
+        self.meta = self.meta.completed(actual, mtime, synced=durable)
+        self.save_meta(durable)
+
+    def sync(self) -> None:
+        """Make a completion that ``finish(durable=False)`` recorded durable:
+        the data to the disk, then the meta that says so."""
+        if not self.complete or self.meta.synced:
+            return
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise from_oserror(exc, "syncing task data") from exc
+        self.meta = replace(self.meta, synced=True)
         self.save_meta()
 
     def export(self, output: str, link: bool = False, copy_if_refused: bool = False) -> None:

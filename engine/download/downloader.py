@@ -51,6 +51,16 @@ from engine.upload import Pacer
 
 log = logging.getLogger(__name__)
 RECEIVE_MODES = ("mmap", "pwrite")
+# A download completes without waiting for the disk (TaskFile.finish with
+# durable=False); its data and meta are synced this many seconds later, or
+# when the downloader closes. Why later and not at once: the sync waits for
+# the device, and a caller's download should end when its last piece is
+# verified. Why not much later: until then the completion is only as durable
+# as any file written without fsync. In the lab, where every host shares one
+# disk, the first host's sync at completion held every other host's piece
+# writes for 0.2-0.45 s; with it deferred, N = 10 took 9.60 s against 9.96 s
+# (four interleaved pairs on one lab).
+SYNC_DELAY = 5.0
 
 
 class Downloader:
@@ -102,6 +112,9 @@ class Downloader:
                                     busy=lambda: bool(self._jobs))
         self._closed = False
         self._threads_closed = False
+        self.sync_delay = SYNC_DELAY
+        self._unsynced: dict[TaskId, asyncio.TimerHandle] = {}
+        self._syncing: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> Downloader:
         return self
@@ -217,6 +230,9 @@ class Downloader:
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+        for task_id in list(self._unsynced):   # completions still waiting: now
+            self._start_sync(task_id)
+        await asyncio.gather(*self._syncing, return_exceptions=True)
         await self._members.close()
         self._pool.close()
         self._rpc.close()
@@ -227,6 +243,29 @@ class Downloader:
             executor.shutdown(wait=True)
 
     # -- internals
+
+    def _sync_later(self, task_id: TaskId) -> None:
+        earlier = self._unsynced.pop(task_id, None)
+        if earlier is not None:             # completed again (removed and fetched anew)
+            earlier.cancel()
+        loop = asyncio.get_running_loop()
+        self._unsynced[task_id] = loop.call_later(self.sync_delay, self._start_sync, task_id)
+
+    def _start_sync(self, task_id: TaskId) -> None:
+        handle = self._unsynced.pop(task_id, None)
+        if handle is None:
+            return
+        handle.cancel()
+        runner = asyncio.ensure_future(self._sync(task_id))
+        self._syncing.add(runner)
+        runner.add_done_callback(self._syncing.discard)
+
+    async def _sync(self, task_id: TaskId) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._disk, _sync_task, self.store,
+                                                             task_id)
+        except DamselflyError as exc:   # removed (GC) or edited meanwhile: nothing to sync
+            log.info("task %s not synced: %s", task_id, exc)
 
     def _abandon(self, job: Job, output: OutputFile) -> None:
         """Abort ``output`` behind the export jobs that may still write into it."""
@@ -288,7 +327,8 @@ class Downloader:
                 raise StoreError(f"task {request.task_id} ended without a store entry")
             if not job.task.complete:  # else: this host had that version already
                 await ctx.on_disk(finish_verified, job.task, request.digest, trusted,
-                                  cdn_sha256)
+                                  cdn_sha256, False)
+                self._sync_later(job.task.task_id)
             job.store_id = job.task.task_id
             job.set_state("complete")
             self.stats.completed += 1
@@ -325,3 +365,12 @@ async def _save_partial(ctx: Context, task: TaskFile) -> None:
         await ctx.on_disk(task.save_meta)
     except DamselflyError as exc:
         log.warning("could not save partial task %s: %s", task.task_id, exc)
+
+
+def _sync_task(store: PieceStore, task_id: TaskId) -> None:
+    """On the disk thread: make a completed task's completion durable."""
+    task = store.open(task_id)
+    try:
+        task.sync()
+    finally:
+        task.close()

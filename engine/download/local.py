@@ -128,7 +128,7 @@ def install(task: TaskFile, index: int, data: mmap.mmap, sha256: str) -> bool:
 
 
 def finish_verified(task: TaskFile, expected: Digest | None, trusted: dict[str, str],
-                    cdn_sha256: str | None = None) -> None:
+                    cdn_sha256: str | None = None, durable: bool = True) -> None:
     """Mark ``task`` complete after checking the user's expected digest.
 
     ``trusted`` maps algorithm to digests we computed over exactly these
@@ -136,6 +136,7 @@ def finish_verified(task: TaskFile, expected: Digest | None, trusted: dict[str, 
     which every verified piece stands for. An expected digest not in
     ``trusted`` is checked by reading the file again. Raises IntegrityError
     on a mismatch (the caller removes the task). Runs on the disk thread.
+    ``durable`` as for ``TaskFile.finish``.
     """
     digests = dict(trusted)
     if expected is not None:
@@ -150,4 +151,4 @@ def finish_verified(task: TaskFile, expected: Digest | None, trusted: dict[str, 
         raise IntegrityError(f"sha256 of the downloaded file is {sha256}, "
                              f"the supernode says {cdn_sha256}")
     sha256 = sha256 or cdn_sha256
-    task.finish(sha256, rehash=sha256 is None)
+    task.finish(sha256, rehash=sha256 is None, durable=durable)

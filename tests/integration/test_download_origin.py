@@ -20,6 +20,7 @@ from engine.types import Digest, PeerId
 from tests.helpers import dead_port, run
 from tests.integration.dlharness import PIECE, check_task
 from tests.integration.origin import Origin
+from tests.integration.snharness import until
 
 def _peer(name: str = "peer-a") -> PeerInfo:
     return PeerInfo(PeerId(name), "127.0.0.1", 65000)
@@ -51,6 +52,43 @@ def test_back_to_source_when_the_supernode_is_down(tmp_path, size):
     assert stats.bytes_from_origin == size and stats.bytes_from_peers == stats.bytes_from_cdn == 0
     assert progress[-1].state == "complete" and progress[-1].done_bytes == size
     assert progress[-1].from_origin == size
+
+
+def test_a_download_ends_before_its_sync_and_is_synced_later_or_at_close(tmp_path):
+    data = os.urandom(PIECE + 3)
+    other = os.urandom(5)
+    store = PieceStore(str(tmp_path / "store"))
+
+    def synced(task_id) -> bool:
+        task = PieceStore(store.root).open(task_id)
+        try:
+            assert task.complete
+            return task.meta.synced
+        finally:
+            task.close()
+
+    async def main():
+        with dead_port() as sn:
+            async with Origin() as origin:
+                origin.add("f", data)
+                origin.add("g", other)
+                dl = Downloader(store, [sn], _peer())
+                dl.sync_delay = 0.2
+                try:
+                    task = await dl.download(DownloadRequest(origin.url("f")))
+                    task.close()
+                    seen = [synced(task.task_id)]      # complete, served, not waited for
+                    await until(lambda: synced(task.task_id))
+                    dl.sync_delay = 60.0
+                    later = await dl.download(DownloadRequest(origin.url("g")))
+                    later.close()
+                    seen.append(synced(later.task_id))
+                finally:
+                    await dl.aclose()                  # does what was still due
+                seen.append(synced(later.task_id))
+                return seen
+
+    assert run(main()) == [False, False, True]
 
 
 def test_no_back_source_means_a_supernode_error(tmp_path):

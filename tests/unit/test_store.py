@@ -221,6 +221,47 @@ def test_restart_serves_complete_tasks_and_discards_torn_ones(tmp_path):
         PieceStore(root).open(torn.task_id)
 
 
+def test_a_completion_not_yet_synced_is_checked_after_a_restart(tmp_path):
+    root = str(tmp_path)
+    store = PieceStore(root)
+    data = _content(2 * PIECE)
+    intact = _fill(store, data, finish=False)
+    intact.finish(hashlib.sha256(data).hexdigest(), rehash=False, durable=False)
+    other = _content(PIECE)
+    lost = _fill(store, other, finish=False, url="http://o/lost")
+    lost.finish(hashlib.sha256(other).hexdigest(), rehash=False, durable=False)
+    for t in (intact, lost):
+        assert t.complete and not t.meta.synced       # servable and exportable at once
+        t.close()
+    with open(os.path.join(lost.path, "data"), "r+b") as f:  # never reached the disk
+        f.write(b"\0" * 16)
+    st = os.stat(os.path.join(lost.path, "data"))
+    os.utime(os.path.join(lost.path, "data"), ns=(st.st_atime_ns, lost.meta.data_mtime_ns))
+
+    kept = PieceStore(root).scan()
+    assert [m.task_id for m in kept] == [intact.task_id] and kept[0].synced
+    assert not os.path.exists(lost.path)               # a complete task, yet never served
+    reopened = PieceStore(root).open(intact.task_id)
+    assert reopened.complete and reopened.meta.synced  # the scan synced what it checked
+    reopened.close()
+
+
+def test_sync_makes_a_lazy_completion_durable_once(tmp_path):
+    store = PieceStore(str(tmp_path))
+    data = _content(PIECE + 5)
+    task = _fill(store, data, finish=False)
+    task.finish(hashlib.sha256(data).hexdigest(), durable=False)
+    on_disk = PieceStore(str(tmp_path)).open(task.task_id)
+    assert on_disk.complete and not on_disk.meta.synced
+    on_disk.sync()
+    on_disk.close()
+    again = PieceStore(str(tmp_path)).open(task.task_id)
+    assert again.meta.synced and again.meta.sha256 == hashlib.sha256(data).hexdigest()
+    again.sync()                                       # nothing left to do
+    again.close()
+    task.close()
+
+
 def test_data_size_disagreeing_with_meta_is_detected(tmp_path):
     store = PieceStore(str(tmp_path))
     task = _fill(store, _content(PIECE))
