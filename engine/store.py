@@ -83,7 +83,10 @@ class PieceStore:
                 PieceBitmap.create(os.path.join(tmp, "bitmap"), meta.layout.count).close()
                 with open(os.path.join(tmp, "digests"), "wb") as journal:
                     journal.truncate(32 * meta.layout.count)
-                write_atomically(os.path.join(tmp, "meta"), meta.to_bytes())
+                # Not synced: a new task's meta lost in a crash makes it torn,
+                # and the scan removes it (a sync here stalled every other
+                # writer of the disk as the downloads started).
+                write_atomically(os.path.join(tmp, "meta"), meta.to_bytes(), durable=False)
             finally:
                 os.close(fd)
             os.rename(tmp, path)

@@ -41,6 +41,7 @@ from typing import Protocol
 
 from engine.errors import BrokenByPeer, DamselflyError, IntegrityError, OriginError
 from engine.identity import TaskIdentity
+from engine.lazysync import LazySyncs
 from engine.meta import TaskMeta, redact_url
 from engine.pieces import PieceLayout
 from engine.store import PieceStore
@@ -58,6 +59,15 @@ class CdnListener(Protocol):
     def on_piece(self, version: TaskId, index: int, sha256: str) -> None: ...
     def on_complete(self, version: TaskId, meta: TaskMeta) -> None: ...
     def on_failed(self, version: TaskId, error: DamselflyError) -> None: ...
+
+
+# The CDN writes through the page cache, so syncing a version it has just
+# fetched writes all of it back while the swarm is pulling it (in the lab, on
+# the one disk every host writes to: a stall for all of them). Its cache only
+# has to outlive a restart, and a restart checks every piece of a version
+# whose sync had not happened yet (engine.store.PieceStore.scan), so the sync
+# can wait until the swarm has most likely moved on.
+CDN_SYNC_DELAY = 60.0
 
 
 @dataclass(slots=True)
@@ -90,6 +100,9 @@ class Cdn:
         self.spool_dir = os.path.join(store.root, "spool")
         self._hashers = Hashers()
         self._fetches: dict[TaskId, asyncio.Task] = {}
+        # Complete versions are synced later (engine.lazysync), on the thread
+        # that wrote them: CDN_SYNC_DELAY says why so much later.
+        self.syncs = LazySyncs(store, self._hashers.ordered, CDN_SYNC_DELAY)
 
     async def __aenter__(self) -> Cdn:
         # Spools of a previous run belong to fetches that no longer exist.
@@ -107,6 +120,7 @@ class Cdn:
         for task in fetches:
             task.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
+        await self.syncs.flush()
         self._hashers.shutdown()
 
     def start(self, request: FetchRequest) -> None:
@@ -175,8 +189,10 @@ class _Fetch:
             self.sink.fill_from(self.spool.fd)
         sha256 = await self.sink.finish()
         self._check_expected(sha256)
-        # finish() waits for the disk (fdatasync): not on the loop.
-        await self.sink.run_ordered(lambda: self.task.finish(sha256, rehash=False))
+        # Not on the loop (it writes the meta); the sync comes later.
+        await self.sink.run_ordered(lambda: self.task.finish(sha256, rehash=False,
+                                                             durable=False))
+        self.cdn.syncs.later(self.v)
         self.cdn.listener.on_complete(self.v, self.task.meta)
 
     def _create(self, length: int, validators: Validators) -> None:

@@ -40,6 +40,7 @@ from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.rpc import RpcClient
 from engine.download.sinks import BouncePool, default_disk_threads
 from engine.download.supernodes import Unreachable
+from engine.lazysync import LazySyncs
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
 from engine.messages import PeerInfo
@@ -51,16 +52,6 @@ from engine.upload import Pacer
 
 log = logging.getLogger(__name__)
 RECEIVE_MODES = ("mmap", "pwrite")
-# A download completes without waiting for the disk (TaskFile.finish with
-# durable=False); its data and meta are synced this many seconds later, or
-# when the downloader closes. Why later and not at once: the sync waits for
-# the device, and a caller's download should end when its last piece is
-# verified. Why not much later: until then the completion is only as durable
-# as any file written without fsync. In the lab, where every host shares one
-# disk, the first host's sync at completion held every other host's piece
-# writes for 0.2-0.45 s; with it deferred, N = 10 took 9.60 s against 9.96 s
-# (four interleaved pairs on one lab).
-SYNC_DELAY = 5.0
 
 
 class Downloader:
@@ -112,9 +103,8 @@ class Downloader:
                                     busy=lambda: bool(self._jobs))
         self._closed = False
         self._threads_closed = False
-        self.sync_delay = SYNC_DELAY
-        self._unsynced: dict[TaskId, asyncio.TimerHandle] = {}
-        self._syncing: set[asyncio.Task] = set()
+        # A task completes without waiting for the disk, synced later (engine.lazysync).
+        self.syncs = LazySyncs(store, self._disk)
 
     async def __aenter__(self) -> Downloader:
         return self
@@ -230,9 +220,7 @@ class Downloader:
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
-        for task_id in list(self._unsynced):   # completions still waiting: now
-            self._start_sync(task_id)
-        await asyncio.gather(*self._syncing, return_exceptions=True)
+        await self.syncs.flush()               # completions still waiting: now
         await self._members.close()
         self._pool.close()
         self._rpc.close()
@@ -244,28 +232,6 @@ class Downloader:
 
     # -- internals
 
-    def _sync_later(self, task_id: TaskId) -> None:
-        earlier = self._unsynced.pop(task_id, None)
-        if earlier is not None:             # completed again (removed and fetched anew)
-            earlier.cancel()
-        loop = asyncio.get_running_loop()
-        self._unsynced[task_id] = loop.call_later(self.sync_delay, self._start_sync, task_id)
-
-    def _start_sync(self, task_id: TaskId) -> None:
-        handle = self._unsynced.pop(task_id, None)
-        if handle is None:
-            return
-        handle.cancel()
-        runner = asyncio.ensure_future(self._sync(task_id))
-        self._syncing.add(runner)
-        runner.add_done_callback(self._syncing.discard)
-
-    async def _sync(self, task_id: TaskId) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._disk, _sync_task, self.store,
-                                                             task_id)
-        except DamselflyError as exc:   # removed (GC) or edited meanwhile: nothing to sync
-            log.info("task %s not synced: %s", task_id, exc)
 
     def _abandon(self, job: Job, output: OutputFile) -> None:
         """Abort ``output`` behind the export jobs that may still write into it."""
@@ -328,7 +294,7 @@ class Downloader:
             if not job.task.complete:  # else: this host had that version already
                 await ctx.on_disk(finish_verified, job.task, request.digest, trusted,
                                   cdn_sha256, False)
-                self._sync_later(job.task.task_id)
+                self.syncs.later(job.task.task_id)
             job.store_id = job.task.task_id
             job.set_state("complete")
             self.stats.completed += 1
@@ -365,12 +331,3 @@ async def _save_partial(ctx: Context, task: TaskFile) -> None:
         await ctx.on_disk(task.save_meta)
     except DamselflyError as exc:
         log.warning("could not save partial task %s: %s", task.task_id, exc)
-
-
-def _sync_task(store: PieceStore, task_id: TaskId) -> None:
-    """On the disk thread: make a completed task's completion durable."""
-    task = store.open(task_id)
-    try:
-        task.sync()
-    finally:
-        task.close()

@@ -73,13 +73,13 @@ def test_a_download_ends_before_its_sync_and_is_synced_later_or_at_close(tmp_pat
                 origin.add("f", data)
                 origin.add("g", other)
                 dl = Downloader(store, [sn], _peer())
-                dl.sync_delay = 0.2
+                dl.syncs.delay = 0.2
                 try:
                     task = await dl.download(DownloadRequest(origin.url("f")))
                     task.close()
                     seen = [synced(task.task_id)]      # complete, served, not waited for
                     await until(lambda: synced(task.task_id))
-                    dl.sync_delay = 60.0
+                    dl.syncs.delay = 60.0
                     later = await dl.download(DownloadRequest(origin.url("g")))
                     later.close()
                     seen.append(synced(later.task_id))
