@@ -19,8 +19,8 @@ known; ``TaskFile.finish`` then syncs the data and flips the meta to
 waited on); the only wait for the disk is that one fdatasync at the end,
 and a downloader does not wait for that either: it finishes with
 ``durable=False`` (the meta says complete, not synced) and syncs the task a
-few seconds later (engine.download.downloader.SYNC_DELAY), so that a
-client's download ends when its last piece is verified.
+few seconds later (engine.lazysync), so that a client's download ends
+when its last piece is verified.
 
 Reopening after a restart (``PieceStore.scan``): a complete task whose meta,
 bitmap and data size agree is served again. A partial task is kept only if

@@ -40,9 +40,9 @@ from engine.download.request import DownloadRequest, DownloadStats, Progress
 from engine.download.rpc import RpcClient
 from engine.download.sinks import BouncePool, default_disk_threads
 from engine.download.supernodes import Unreachable
-from engine.lazysync import LazySyncs
 from engine.errors import (BadInput, ClosedByUs, DamselflyError, IntegrityError, StoreError,
                            SupernodeError)
+from engine.lazysync import LazySyncs
 from engine.messages import PeerInfo
 from engine.meta import redact_url
 from engine.store import PieceStore
@@ -231,7 +231,6 @@ class Downloader:
             executor.shutdown(wait=True)
 
     # -- internals
-
 
     def _abandon(self, job: Job, output: OutputFile) -> None:
         """Abort ``output`` behind the export jobs that may still write into it."""
