@@ -181,7 +181,7 @@ class PieceStore:
                 task = self.open(task_id)
                 try:
                     if not task.complete or not task.meta.synced:
-                        _check_partial(task)
+                        _check_pieces(task)
                         task.sync()         # a complete one: what was read is on disk
                     kept.append(task.meta)
                 finally:
@@ -205,7 +205,9 @@ def _with_journaled_digests(meta: TaskMeta, bitmap: PieceBitmap, journal: int) -
     return meta
 
 
-def _check_partial(task: TaskFile) -> None:
+def _check_pieces(task: TaskFile) -> None:
+    """Every piece the bitmap claims still matches its digest (after a restart:
+    a partial task, or a completion that was never synced)."""
     for index in task.bitmap.indices():
         digest = task.meta.piece_digests[index]
         with task.view(index) as piece:

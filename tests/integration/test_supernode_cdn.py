@@ -72,26 +72,35 @@ def test_a_first_registration_waits_for_the_first_piece_not_the_whole_file(tmp_p
     run(main())
 
 
+async def _piece_zero_while_held(node, origin, p, data: bytes, **register):
+    """Register ``p`` for "f" while the origin holds back everything past 1.5
+    pieces, ask for 4 pieces and fetch the one there is (piece 0, checked).
+    Returns the view, the schedule answer, piece 0's body and the event that
+    lets the origin send the rest."""
+    release = asyncio.Event()
+    origin.add("f", data, release=release, hold_after=MiB + MiB // 2)
+    view = await p.register(origin.url("f"), **register)
+    version = node.service.versions[view.task_id]
+    await until(lambda: version.digests and version.digests[0] is not None)
+    resp = await p.schedule(view.task_id, want=4)
+    assert resp.action == "assign" and [a.piece for a in resp.assignments] == [0]
+    body = await p._fetch(view.task_id, resp.assignments[0])
+    assert body == data[:MiB]
+    return view, resp, body, release
+
+
 def test_pieces_are_schedulable_while_the_origin_still_sends(tmp_path):
     data = blob(4 * MiB)
 
     async def main():
         async with Origin() as origin, supernode(tmp_path) as node:
-            release = asyncio.Event()
-            origin.add("f", data, release=release, hold_after=MiB + MiB // 2)
             async with peers(node, "early") as (p,):
-                view = await p.register(origin.url("f"))
-                version = node.service.versions[view.task_id]
-                await until(lambda: version.digests and version.digests[0] is not None)
-                resp = await p.schedule(view.task_id, want=4)
-                assert resp.action == "assign" and resp.task.state == "running"
-                assert [a.piece for a in resp.assignments] == [0]
+                view, resp, body, release = await _piece_zero_while_held(node, origin, p, data)
+                assert resp.task.state == "running"
                 assert resp.assignments[0].is_cdn
                 assert resp.assignments[0].sha256 == sha(data[:MiB])
                 release.set()
                 first = resp.assignments[0]
-                body = await p._fetch(view.task_id, first)
-                assert body == data[:MiB]
                 p.held[str(view.task_id), 0] = body
                 await p.schedule(view.task_id, [PieceResult(0, first.source, True)], want=0)
                 result = await p.download(origin.url("f"))
@@ -198,14 +207,9 @@ def test_results_reported_after_the_whole_file_failed_get_the_failure(tmp_path):
 
     async def main():
         async with Origin() as origin, supernode(tmp_path) as node:
-            release = asyncio.Event()
-            origin.add("f", data, release=release, hold_after=MiB + MiB // 2)
             async with peers(node, "b") as (b,):
-                view = await b.register(origin.url("f"), digest=Digest("sha256", "0" * 64))
-                resp = await b.schedule(view.task_id, want=4)
-                assert resp.action == "assign" and [a.piece for a in resp.assignments] == [0]
-                body = await b._fetch(view.task_id, resp.assignments[0])
-                assert body == data[:MiB]
+                view, resp, _, release = await _piece_zero_while_held(
+                    node, origin, b, data, digest=Digest("sha256", "0" * 64))
                 release.set()  # the rest arrives, and the whole file fails its digest
                 version = node.service.versions[view.task_id]
                 await until(lambda: version.state == "failed")
