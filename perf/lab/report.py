@@ -86,6 +86,18 @@ def _build(build: dict | None) -> str:
     return f" damselfly at {build.get('commit', '?')}, {native}."
 
 
+def _lab_settings(results: dict) -> str:
+    """The switch's bridge netfilter and the hosts' TCP congestion control, as the
+    lab found them (results from before they were recorded have neither)."""
+    lab = next((p["lab"] for p in results.get("points", []) if p.get("lab")), None)
+    if lab is None:
+        return ""
+    nf = {"off": "off", "absent": "off (module not loaded)"}.get(lab.get("bridge_netfilter"),
+                                                                  "?")
+    return (f" Bridge netfilter: {nf}; TCP congestion control: "
+            f"{lab.get('tcp_congestion_control', '?')}.")
+
+
 def markdown(results: dict) -> str:
     cfg = results.get("config", {})
     systems = [s for s in cfg.get("systems", SYSTEM_LABELS) if s in SYSTEM_LABELS]
@@ -99,7 +111,7 @@ def markdown(results: dict) -> str:
         f"File {cfg.get('file_mib')} MiB; origin {cfg.get('origin_mbit')} Mbit/s; hosts "
         f"{cfg.get('host_up_mbit')} up / {cfg.get('host_down_mbit')} down Mbit/s; latency "
         f"{cfg.get('latency_ms')} ms; MTU {cfg.get('mtu', 1500)}; supernode host: "
-        f"{cfg.get('supernode_host')}.",
+        f"{cfg.get('supernode_host')}.{_lab_settings(results)}",
         "",
         results.get("fairness", ""),
         "",

@@ -118,6 +118,7 @@ def run_point(config: LabConfig, n: int, log=print) -> dict:
         with Procs(os.path.join(lab.dir, "probe")) as procs:
             good = probe.measure(lab, procs, clients, servers, sink,
                                  seconds=config.probe_seconds + 1, warmup=1.0)
+        point["lab"] = dict(lab.settings)
         point["goodput"] = good.to_json()
         point["bound"] = _bound(config, good, clients, servers)
         log(f"N={n}: goodput up median {_mbit(statistics.median(good.up[h.name] for h in clients))}"

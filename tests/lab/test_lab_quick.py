@@ -53,6 +53,13 @@ def test_lab_shapes_hosts_and_removes_everything():
                         (hosts[0].ns, "eth0"), (sink.ns, "eth0")]:
             link = json.loads(sh("ip", "-n", ns, "-j", "link", "show", dev).stdout)[0]
             assert link["mtu"] == 9000, (ns, dev)
+        # The switch forwards without iptables, whatever the machine's own setting.
+        nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if lab.settings["bridge_netfilter"] == "off":
+            assert sh("ip", "netns", "exec", lab.switch, "cat", nf).stdout.strip() == "0"
+        else:
+            assert lab.settings["bridge_netfilter"] == "absent" and not os.path.exists(nf)
+        assert lab.settings["tcp_congestion_control"] not in ("", "?")
         with Procs(os.path.join(lab.dir, "logs")) as procs:
             sleeper = procs.start(hosts[0], ["sleep", "600"], log="sleep.log")
             good = probe.measure(lab, procs, hosts, [server], sink, seconds=2.5, warmup=1.0)

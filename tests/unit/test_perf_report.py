@@ -66,6 +66,14 @@ def test_markdown_has_a_row_per_n_and_the_machine():
     assert "| sim T / bound at N=10000 | 1.19 | <= 1.2 | pass |" in md
 
 
+def test_markdown_names_the_labs_network_settings_where_recorded():
+    results = _results()
+    assert "Bridge netfilter" not in report.markdown(results)    # older results
+    results["points"][0]["lab"] = {"bridge_netfilter": "absent", "tcp_congestion_control": "cubic"}
+    md = report.markdown(results)
+    assert "Bridge netfilter: off (module not loaded); TCP congestion control: cubic." in md
+
+
 def test_the_cpu_cell_gives_cpu_seconds_when_the_run_measured_them():
     results = _results()
     results["points"][0]["systems"]["damselfly"].update(cpu_mean=0.95, cpu_bound=True,
