@@ -26,7 +26,7 @@ from functools import partial
 from engine.download.context import Context, Job
 from engine.download.fetch import fetch_piece
 from engine.download.local import commit, verify_streamed
-from engine.download.sinks import FileSink, MemorySink
+from engine.download.sinks import FileSink, MemorySink, anonymous
 from engine.errors import BadInput, IntegrityError
 from engine.messages import Assignment, PieceResult
 from engine.taskfile import TaskFile
@@ -90,7 +90,7 @@ async def race(ctx: Context, task: TaskFile, a: Assignment
     size = await _admit(ctx, task, a)
     if isinstance(size, PieceResult):
         return size, None
-    buf = mmap.mmap(-1, max(size, 1))
+    buf = anonymous(max(size, 1))
     try:
         fetched = await fetch_piece(ctx.pool, task.task_id, a,
                                     partial(_buffer_sink, buf, size), _timeout(ctx, size))

@@ -130,6 +130,18 @@ class MemorySink:
 Buffer = bytearray | mmap.mmap
 
 
+def anonymous(size: int) -> mmap.mmap:
+    """A page-aligned buffer of private anonymous memory.
+
+    Private, not ``mmap(-1, size)``'s shared mapping: those pages are shmem,
+    and a first touch goes through the shmem page cache. Filling 1 MiB of
+    fresh pages took 0.95 ms shared against 0.58 ms private on the 2-core
+    VM (0.04 ms once faulted in); in a perf profile of 40 hosts the shmem
+    faults taken inside socket reads were 2.5 % of the machine.
+    """
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
 class BouncePool:
     """Bounce buffers for reuse: a fresh 1 MiB bytearray per piece would
     fault in fresh pages every time. One event loop owns it."""
@@ -141,7 +153,7 @@ class BouncePool:
     def take(self) -> mmap.mmap:
         # Anonymous mappings are page-aligned, which O_DIRECT writes of the
         # buffer need (engine.download.output).
-        return self._free.pop() if self._free else mmap.mmap(-1, self.size)
+        return self._free.pop() if self._free else anonymous(self.size)
 
     def give(self, buf: mmap.mmap) -> None:
         if len(buf) == self.size and len(self._free) < self.keep:
