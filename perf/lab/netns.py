@@ -263,9 +263,10 @@ class Lab:
     def _bridge_netfilter_off(self) -> str:
         """Keep the lab's bridge out of iptables (module docstring); what it was."""
         keys = [f"net/bridge/bridge-nf-call-{t}" for t in ("iptables", "ip6tables", "arptables")]
-        if self._sysctl(self.switch, keys[0]) is None:
+        present = [k for k in keys if self._sysctl(self.switch, k) is not None]
+        if not present:
             return "absent"          # br_netfilter not loaded: nothing to turn off
-        for key in keys:
+        for key in present:
             sh("ip", "netns", "exec", self.switch, "tee", f"/proc/sys/{key}", input="0\n")
         return "off"
 
