@@ -92,8 +92,9 @@ def _lab_settings(results: dict) -> str:
     lab = next((p["lab"] for p in results.get("points", []) if p.get("lab")), None)
     if lab is None:
         return ""
-    nf = {"off": "off", "absent": "off (module not loaded)"}.get(lab.get("bridge_netfilter"),
-                                                                  "?")
+    nf = {"off": "off", "absent": "off (module not loaded)",
+          "on": "ON (could not be turned off: iptables saw every bridged frame)"}.get(
+              lab.get("bridge_netfilter"), "?")
     return (f" Bridge netfilter: {nf}; TCP congestion control: "
             f"{lab.get('tcp_congestion_control', '?')}.")
 

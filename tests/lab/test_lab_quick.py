@@ -57,7 +57,7 @@ def test_lab_shapes_hosts_and_removes_everything():
         nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
         if lab.settings["bridge_netfilter"] == "off":
             assert sh("ip", "netns", "exec", lab.switch, "cat", nf).stdout.strip() == "0"
-        else:
+        else:   # this test runs as root in the machine's namespace: never "on" here
             assert lab.settings["bridge_netfilter"] == "absent" and not os.path.exists(nf)
         assert lab.settings["tcp_congestion_control"] not in ("", "?")
         with Procs(os.path.join(lab.dir, "logs")) as procs:

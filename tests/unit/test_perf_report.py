@@ -72,6 +72,8 @@ def test_markdown_names_the_labs_network_settings_where_recorded():
     results["points"][0]["lab"] = {"bridge_netfilter": "absent", "tcp_congestion_control": "cubic"}
     md = report.markdown(results)
     assert "Bridge netfilter: off (module not loaded); TCP congestion control: cubic." in md
+    results["points"][0]["lab"]["bridge_netfilter"] = "on"
+    assert "Bridge netfilter: ON (could not be turned off" in report.markdown(results)
 
 
 def test_the_cpu_cell_gives_cpu_seconds_when_the_run_measured_them():
