@@ -53,14 +53,7 @@ class Procs:
 
     def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> int:
         """SIGTERM the process group, SIGKILL after ``timeout``; the exit status."""
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
+        self.stop_all([proc], timeout)
         return proc.returncode
 
     def stop_all(self, procs: Iterable[subprocess.Popen], timeout: float = 10.0) -> None:
